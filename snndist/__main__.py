@@ -1,0 +1,5 @@
+import sys
+
+from snndist.cli import main
+
+sys.exit(main())

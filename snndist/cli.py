@@ -1,0 +1,75 @@
+"""The ``snndist`` command line.
+
+    snndist train --config configs/tutorial.yaml --local
+    snndist train --config configs/tutorial.yaml --set train.steps=500 --set train.lr=1e-3 --local
+    snndist train --config configs/tutorial.yaml --run-dir runs/mine --local
+
+Bad input (an unknown key, a wrong type, a value out of range, a missing
+file) exits with code 2 and one line that names the field and the problem.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from snndist.config import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as for a bad config
+        self.exit(EXIT_BAD_INPUT, f"snndist: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="snndist", description=(
+        "Train spiking neural networks with surrogate-gradient BPTT in JAX, on a Ray cluster."))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a network from a config file", description=(
+        "Train the network a config describes and write a run directory "
+        "(config.yaml, metrics.jsonl, summary.json)."))
+    train.add_argument("--config", required=True, metavar="FILE", help="YAML config, e.g. configs/tutorial.yaml")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. train.steps=500 or model.layers[0].size=8 (repeatable)")
+    train.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/<config>-<time>)")
+    train.add_argument("--local", action="store_true", help="train in this process, without Ray")
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from snndist.config import load_config
+    from snndist.rundir import create_run_dir, default_run_dir
+
+    cfg = load_config(args.config, args.set)
+    if not args.local:
+        raise ConfigError("distributed training is not available yet; pass --local")
+    run_dir = create_run_dir(args.run_dir or default_run_dir(args.config), cfg)
+    print(f"run directory: {run_dir}", flush=True)
+
+    from snndist.local import LocalRunner
+    from snndist.loop import fit
+    from snndist.tracking import JsonlTracker
+
+    tracker = JsonlTracker(run_dir)
+    try:
+        fit(cfg, LocalRunner(cfg), tracker, say=lambda line: print(line, flush=True))
+    finally:
+        tracker.finish()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"snndist: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

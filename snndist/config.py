@@ -1,0 +1,390 @@
+"""Run configuration: one YAML file, typed and validated.
+
+The file has the sections ``model``, ``data``, ``train``, ``checkpoint``,
+``logging`` and ``cluster``; each is a frozen dataclass below, and every field
+has a default, so a file only lists what differs. ``--set a.b=value``
+overrides any field (``model.layers[0].size=8`` or ``model.layers.0.size=8``;
+one past the end appends: ``model.layers[1]={size: 8}``); values are parsed
+as YAML. Unknown keys and wrong types are errors
+that name the dotted path, the value and the rule.
+
+Times are in milliseconds, voltages and currents are plain numbers (the seed's
+natural units: theta = 1, R = 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+# --------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class RateRegConfig:
+    """Penalty on per-sample firing rates outside ``[low_hz, high_hz]``.
+
+    Adds ``strength * mean_{b,n}(relu(low - r)^2 + relu(r - high)^2)`` to the
+    loss, with ``r`` the rate (Hz) of neuron n on sample b.
+    """
+
+    strength: float = 0.0  # 0 turns it off
+    low_hz: float = 0.0
+    high_hz: float = math.inf
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """One hidden LIF layer with an exponential synapse (DESIGN.md section 1)."""
+
+    size: int = 4
+    recurrent: bool = False  # adds weights V fed by the layer's own spikes of the last step
+    tau_mem_ms: float = 20.0
+    tau_syn_ms: float = 10.0
+    threshold: float = 1.0
+    v_reset: float = 0.0
+    v_rest: float = 0.0
+    resistance: float = 1.0
+    reset: str = "soft"  # soft: subtract (theta - v_reset); hard: set to v_reset
+    init: str = "kaiming_normal"  # kaiming_normal (truncated, as the seed) | kaiming_uniform
+    init_scale: float = 2.0  # variance = init_scale / fan_in
+    rec_init_scale: float = 1.0  # the same for V
+    rate_reg: RateRegConfig = field(default_factory=RateRegConfig)
+
+
+@dataclass(frozen=True)
+class ReadoutConfig:
+    """Leaky integrator ``o_t = a o_{t-1} + W s_t + b``; one unit per class."""
+
+    tau_ms: float = 10.0
+    reduce: str = "mean"  # over time, for loss and accuracy alike: mean | max | last
+    init: str = "kaiming_normal"
+    init_scale: float = 2.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    layers: tuple[LayerConfig, ...] = (LayerConfig(),)
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+    surrogate: str = "relu"  # relu | sigmoid | fast_sigmoid | arctan | gaussian
+    surrogate_params: dict[str, float] = field(default_factory=dict)  # e.g. {alpha: 0.3}
+
+
+# ---------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "synthetic"  # synthetic: Bernoulli spike trains, random labels (the seed's task)
+    num_inputs: int = 100
+    num_classes: int = 2
+    timesteps: int = 200
+    dt_ms: float = 1.0
+    rate_hz: float = 5.0  # synthetic: input firing rate
+    num_samples: int = 256  # synthetic: size of the training set
+    seed: Optional[int] = None  # synthetic: which samples (i depends on (seed, i) only); None: train.seed
+    shuffle: bool = True  # a new sample order every epoch
+    encoding: str = "auto"  # events (sparse lists) | dense (rasters) | auto: events below 2% density
+    max_events: int = 0  # events per sample for the events encoding; 0: derived from the data
+
+
+# --------------------------------------------------------------------- train
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    global_batch: int = 256  # samples per step, over all workers and devices
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 3e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0  # adamw only
+    grad_clip: float = 0.0  # global-norm clip; 0 turns it off
+    lr_schedule: str = "constant"  # constant | cosine | linear (both decay to 0 at train.steps)
+    warmup_steps: int = 0  # linear warm-up from 0, before the schedule
+    seed: int = 0  # parameter initialisation and sample order
+    workers: int = 1
+    grad_sync: str = "coordinator"  # coordinator | xla
+    eval_every: int = 0  # steps; 0: only at the end
+    eval_split: str = "train"  # train | test
+    eval_batch: int = 256
+
+
+# ------------------------------------------------------------ checkpoint, logging, cluster
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 500
+    keep: int = 3
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_every: int = 100  # steps between metrics.jsonl lines (and progress lines)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: Optional[str] = None  # None: RAY_ADDRESS, else a local Ray instance
+    cpus_per_worker: int = 1
+    devices_per_worker: int = 1
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_SPREAD
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def validate(self) -> "Config":
+        """Range checks across fields; raises ConfigError naming the first bad one."""
+        _validate(self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+
+# ------------------------------------------------------------------ loading
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read ``path`` (None: all defaults), apply ``--set`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({_one_line(err)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(raw).validate()
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    return _build(Config, raw, "")
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b[0].c=value`` override to the raw (pre-typing) mapping."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=500")
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*|\.\d+|\[\d+\])*", key):
+        raise ConfigError(f"--set {item!r}: malformed key {key!r}")
+    parts = re.findall(r"[A-Za-z_]\w*|\d+", key)
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        node = _descend(node, part, parts[i + 1], item)
+    last = parts[-1]
+    if isinstance(node, list):
+        index = int(last) if last.isdigit() else -1
+        if not 0 <= index <= len(node):
+            raise ConfigError(f"--set {item!r}: index {last} is out of range (list has {len(node)})")
+        if index == len(node):  # model.layers[N]={...} appends a layer
+            node.append(value)
+        else:
+            node[index] = value
+    else:
+        node[last] = value
+
+
+def _descend(node: Any, part: str, next_part: str, item: str) -> Any:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"--set {item!r}: index {part} is out of range (list has {len(node)})")
+        return node[int(part)]
+    if part.isdigit():
+        raise ConfigError(f"--set {item!r}: {part!r} indexes something that is not a list")
+    if part not in node or node[part] is None:
+        # Lists (model.layers) default to the dataclass's; materialise them so an index works.
+        node[part] = _default_raw(part) if next_part.isdigit() else {}
+    return node[part]
+
+
+def _default_raw(name: str) -> Any:
+    if name == "layers":
+        return [_to_plain(layer) for layer in ModelConfig().layers]
+    return []
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}={raw!r}: must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    values = {name: _convert(hints[name], raw[name], f"{path}.{name}" if path else name) for name in raw}
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _convert(args[0], value, path)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, {} if value is None else value, path)
+    if origin is tuple:
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}={value!r}: must be a list")
+        return tuple(_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}={value!r}: must be a mapping")
+        val_tp = typing.get_args(tp)[1]
+        return {str(k): _convert(val_tp, v, f"{path}.{k}") for k, v in value.items()}
+    return _scalar(tp, value, path)
+
+
+def _scalar(tp: type, value: Any, path: str) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}={value!r}: must be true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}={value!r}: must be an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}={value!r}: must be a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}={value!r}: must be a string")
+    raise TypeError(f"config field {path} has unsupported type {tp}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+# --------------------------------------------------------------- validation
+def _check(ok: bool, path: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}={value!r}: {rule}")
+
+
+def _one_of(path: str, value: str, choices: typing.Iterable[str]) -> None:
+    choices = tuple(choices)
+    _check(value in choices, path, value, f"must be one of {', '.join(choices)}")
+
+
+def _validate(cfg: Config) -> None:
+    from snndist.surrogate import FAMILIES  # math module; imported here to keep config light
+
+    d, m, t = cfg.data, cfg.model, cfg.train
+    _check(d.dt_ms > 0, "data.dt_ms", d.dt_ms, "must be > 0")
+    _one_of("data.kind", d.kind, ("synthetic",))
+    for name in ("num_inputs", "num_classes", "timesteps", "num_samples"):
+        _check(getattr(d, name) > 0, f"data.{name}", getattr(d, name), "must be > 0")
+    _check(d.num_classes >= 2, "data.num_classes", d.num_classes, "must be >= 2")
+    _one_of("data.encoding", d.encoding, ("auto", "events", "dense"))
+    _check(d.max_events >= 0, "data.max_events", d.max_events, "must be >= 0 (0: derived from the data)")
+    _check(0 <= d.rate_hz * d.dt_ms / 1000.0 <= 1, "data.rate_hz", d.rate_hz,
+           f"must be in [0, 1000/dt_ms] = [0, {1000.0 / d.dt_ms:g}]")
+
+    _check(len(m.layers) > 0, "model.layers", [], "must list at least one hidden layer")
+    for i, layer in enumerate(m.layers):
+        p = f"model.layers[{i}]"
+        _check(layer.size > 0, f"{p}.size", layer.size, "must be > 0")
+        for name in ("tau_mem_ms", "tau_syn_ms"):
+            tau = getattr(layer, name)
+            _check(tau > 0, f"{p}.{name}", tau, "must be > 0")
+            _check(d.dt_ms < tau, f"{p}.{name}", tau, f"must be > data.dt_ms={d.dt_ms:g}")
+        _check(layer.threshold > layer.v_reset, f"{p}.threshold", layer.threshold,
+               f"must be > {p}.v_reset={layer.v_reset:g}")
+        _check(layer.resistance > 0, f"{p}.resistance", layer.resistance, "must be > 0")
+        _one_of(f"{p}.reset", layer.reset, ("soft", "hard"))
+        _one_of(f"{p}.init", layer.init, INITS)
+        _check(layer.init_scale > 0, f"{p}.init_scale", layer.init_scale, "must be > 0")
+        _check(layer.rec_init_scale > 0, f"{p}.rec_init_scale", layer.rec_init_scale, "must be > 0")
+        reg = layer.rate_reg
+        _check(reg.strength >= 0, f"{p}.rate_reg.strength", reg.strength, "must be >= 0")
+        _check(0 <= reg.low_hz <= reg.high_hz, f"{p}.rate_reg.low_hz", reg.low_hz,
+               f"must be in [0, rate_reg.high_hz={reg.high_hz:g}]")
+    r = m.readout
+    _check(r.tau_ms > 0, "model.readout.tau_ms", r.tau_ms, "must be > 0")
+    _check(d.dt_ms < r.tau_ms, "model.readout.tau_ms", r.tau_ms, f"must be > data.dt_ms={d.dt_ms:g}")
+    _one_of("model.readout.reduce", r.reduce, ("mean", "max", "last"))
+    _one_of("model.readout.init", r.init, INITS)
+    _check(r.init_scale > 0, "model.readout.init_scale", r.init_scale, "must be > 0")
+    _one_of("model.surrogate", m.surrogate, FAMILIES)
+    known = FAMILIES[m.surrogate][1]
+    for key, value in m.surrogate_params.items():
+        _check(key in known, f"model.surrogate_params.{key}", value,
+               f"not a parameter of surrogate {m.surrogate!r} (it takes: {', '.join(known)})")
+        _check(value > 0, f"model.surrogate_params.{key}", value, "must be > 0")
+
+    for name in ("steps", "global_batch", "workers", "eval_batch"):
+        _check(getattr(t, name) > 0, f"train.{name}", getattr(t, name), "must be > 0")
+    _one_of("train.optimizer", t.optimizer, OPTIMIZERS)
+    _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    for name in ("b1", "b2", "momentum"):
+        _check(0 <= getattr(t, name) < 1, f"train.{name}", getattr(t, name), "must be in [0, 1)")
+    _check(t.eps > 0, "train.eps", t.eps, "must be > 0")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0: off)")
+    _one_of("train.lr_schedule", t.lr_schedule, ("constant", "cosine", "linear"))
+    _check(0 <= t.warmup_steps < t.steps, "train.warmup_steps", t.warmup_steps,
+           f"must be in [0, train.steps={t.steps})")
+    _one_of("train.grad_sync", t.grad_sync, ("coordinator", "xla"))
+    _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0 (0: only at the end)")
+    _one_of("train.eval_split", t.eval_split, ("train", "test"))
+
+    _check(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "must be > 0")
+    _check(cfg.checkpoint.keep > 0, "checkpoint.keep", cfg.checkpoint.keep, "must be > 0")
+    _check(cfg.logging.log_every > 0, "logging.log_every", cfg.logging.log_every, "must be > 0")
+    c = cfg.cluster
+    _check(c.cpus_per_worker > 0, "cluster.cpus_per_worker", c.cpus_per_worker, "must be > 0")
+    _check(c.devices_per_worker > 0, "cluster.devices_per_worker", c.devices_per_worker, "must be > 0")
+    _one_of("cluster.placement_strategy", c.placement_strategy, ("PACK", "SPREAD", "STRICT_SPREAD"))
+
+
+INITS = ("kaiming_normal", "kaiming_uniform")
+OPTIMIZERS = ("adam", "adamw", "sgd")

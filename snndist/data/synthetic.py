@@ -1,0 +1,53 @@
+"""The seed's task: Bernoulli spike trains with random labels.
+
+Sample ``i`` of a split is a pure function of ``(seed, split, i)``, so any
+worker can make exactly the samples of its shard, in any order.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from snndist.config import DataConfig
+from snndist.data.events import bernoulli_capacity
+
+_SPLIT_IDS = {"train": 0, "test": 1}
+
+
+class SyntheticSpikes:
+    """``num_samples`` samples of ``timesteps x num_inputs`` spikes at ``rate_hz``."""
+
+    def __init__(self, cfg: DataConfig, split: str = "train", default_seed: int = 0):
+        if split not in _SPLIT_IDS:
+            raise ValueError(f"unknown split {split!r}; known: {', '.join(_SPLIT_IDS)}")
+        self.num_inputs = cfg.num_inputs
+        self.num_classes = cfg.num_classes
+        self.timesteps = cfg.timesteps
+        self._size = cfg.num_samples
+        self.density = cfg.rate_hz * cfg.dt_ms / 1000.0  # expected fraction of active inputs
+        self.max_events = bernoulli_capacity(cfg.timesteps, cfg.num_inputs, self.density)
+        seed = default_seed if cfg.seed is None else cfg.seed
+        self._key = jax.random.fold_in(jax.random.PRNGKey(seed), _SPLIT_IDS[split])
+        self._make = jax.jit(jax.vmap(functools.partial(
+            _sample, timesteps=cfg.timesteps, num_inputs=cfg.num_inputs,
+            num_classes=cfg.num_classes, p=self.density), in_axes=(None, 0)))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def load(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Samples at ``indices``: spikes ``[n, T, num_inputs]`` bool, labels ``[n]`` int32."""
+        indices = np.asarray(indices)
+        if indices.size and (indices.min() < 0 or indices.max() >= self._size):
+            raise IndexError(f"sample index out of range [0, {self._size})")
+        x, y = self._make(self._key, jnp.asarray(indices, jnp.uint32))
+        return np.asarray(x), np.asarray(y)
+
+
+def _sample(key, index, *, timesteps, num_inputs, num_classes, p):
+    k_spikes, k_label = jax.random.split(jax.random.fold_in(key, index))
+    spikes = jax.random.bernoulli(k_spikes, p, (timesteps, num_inputs))
+    return spikes, jax.random.randint(k_label, (), 0, num_classes, jnp.int32)

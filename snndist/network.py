@@ -1,0 +1,190 @@
+"""The network: hidden LIF layers, a leaky readout, the loss. Pure functions.
+
+Parameters are a plain dict pytree, weights stored ``[in, out]``::
+
+    {"hidden0": {"w": [n_in, n0], "b": [n0], "v": [n0, n0] (recurrent only)},
+     "hidden1": {...}, ...,
+     "readout": {"w": [n_last, classes], "b": [classes]}}
+
+Inputs are spike trains, either dense ``x: [batch, T, n_in]`` (bool or
+float) or ``SpikeEvents`` (padded event lists, for sparse inputs), and
+integer labels ``y: [batch]``. Each layer runs over all of time before the next one
+starts (layers have no delays, so this is the same math as stepping them
+together), which lets every layer's input projection be one matmul outside
+its ``lax.scan``.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from snndist.config import Config, LayerConfig
+from snndist.data.events import SpikeEvents
+from snndist.neurons import LIFSpec, LIFState, lif_step
+from snndist.surrogate import SpikeFn, make_spike_fn
+
+
+class NetworkSpec(NamedTuple):
+    """Everything static about the network: shapes, constants, spike function."""
+
+    num_inputs: int
+    num_classes: int
+    timesteps: int
+    dt_ms: float
+    layers: tuple[LayerConfig, ...]
+    lif: tuple[LIFSpec, ...]
+    readout_decay: float
+    reduce: str
+    spike_fn: SpikeFn
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"hidden{i}" for i in range(len(self.layers)))
+
+
+def network_spec(cfg: Config, spike_fn: SpikeFn | None = None) -> NetworkSpec:
+    """Build the spec from a config; ``spike_fn`` overrides the configured surrogate."""
+    m, d = cfg.model, cfg.data
+    lif = tuple(
+        LIFSpec.create(dt_ms=d.dt_ms, tau_mem_ms=l.tau_mem_ms, tau_syn_ms=l.tau_syn_ms,
+                       threshold=l.threshold, v_reset=l.v_reset, v_rest=l.v_rest,
+                       resistance=l.resistance, reset=l.reset)
+        for l in m.layers)
+    return NetworkSpec(
+        num_inputs=d.num_inputs, num_classes=d.num_classes, timesteps=d.timesteps, dt_ms=d.dt_ms, layers=m.layers,
+        lif=lif, readout_decay=math.exp(-d.dt_ms / m.readout.tau_ms), reduce=m.readout.reduce,
+        spike_fn=spike_fn or make_spike_fn(m.surrogate, **m.surrogate_params))
+
+
+def _init_weight(key, kind: str, scale: float, shape: tuple[int, int]) -> jax.Array:
+    distribution = "truncated_normal" if kind == "kaiming_normal" else "uniform"
+    # variance = scale / fan_in, fan_in the first axis: weights are [in, out].
+    init = jax.nn.initializers.variance_scaling(scale, "fan_in", distribution, in_axis=-2, out_axis=-1)
+    return init(key, shape, jnp.float32)
+
+
+def init_params(key: jax.Array, cfg: Config) -> dict:
+    """Initial parameters: weights as configured (the seed's Kaiming normal), biases 0."""
+    params = {}
+    fan_in = cfg.data.num_inputs
+    keys = jax.random.split(key, 2 * len(cfg.model.layers) + 1)
+    for i, layer in enumerate(cfg.model.layers):
+        p = {"w": _init_weight(keys[2 * i], layer.init, layer.init_scale, (fan_in, layer.size)),
+             "b": jnp.zeros((layer.size,), jnp.float32)}
+        if layer.recurrent:
+            p["v"] = _init_weight(keys[2 * i + 1], layer.init, layer.rec_init_scale, (layer.size, layer.size))
+        params[f"hidden{i}"] = p
+        fan_in = layer.size
+    r = cfg.model.readout
+    params["readout"] = {"w": _init_weight(keys[-1], r.init, r.init_scale, (fan_in, cfg.data.num_classes)),
+                         "b": jnp.zeros((cfg.data.num_classes,), jnp.float32)}
+    return params
+
+
+class Trace(NamedTuple):
+    """What a forward pass computes, time-major: ``[T, batch, n]`` per layer."""
+
+    voltages: tuple[jax.Array, ...]
+    spikes: tuple[jax.Array, ...]
+    readout: jax.Array  # [T, batch, classes]
+    logits: jax.Array  # [batch, classes], readout reduced over time
+
+
+def input_drive(x: jax.Array | SpikeEvents, w: jax.Array, b: jax.Array, timesteps: int) -> jax.Array:
+    """``W x_t + b`` for every step, time-major ``[T, batch, h]``, from dense or event input."""
+    if isinstance(x, SpikeEvents):
+        batch = x.times.shape[0]
+        # Row t * batch + b of the [T * batch, h] drive gets W[unit] per event;
+        # padding (t = T) falls past the end and is dropped.
+        rows = (x.times * batch + jnp.arange(batch)[:, None]).reshape(-1)
+        drive = jnp.zeros((timesteps * batch, w.shape[1]), w.dtype).at[rows].add(
+            w[x.units.reshape(-1)], mode="drop")
+        return drive.reshape(timesteps, batch, -1) + b[None, None, :]
+    # Time-major first (the time loop wants it), then one plain 2-D matmul: on
+    # CPU this ran 1.3-1.8x faster than a batched einsum, forward and backward.
+    batch, timesteps, n = x.shape
+    x2d = x.transpose(1, 0, 2).reshape(timesteps * batch, n).astype(w.dtype)
+    return (x2d @ w).reshape(timesteps, batch, -1) + b[None, None, :]
+
+
+def forward(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec) -> Trace:
+    """Run the network over a batch of spike trains (dense ``[batch, T, n_in]`` or events)."""
+    first = params["hidden0"]
+    drive = input_drive(x, first["w"], first["b"], spec.timesteps)
+    batch = drive.shape[1]
+    voltages, spikes = [], []
+    for i, (name, lif) in enumerate(zip(spec.names, spec.lif)):
+        p = params[name]
+        if i:
+            drive = spikes[-1] @ p["w"] + p["b"][None, None, :]
+        w_rec = p.get("v")
+
+        def step(state, drive_t, lif=lif, w_rec=w_rec):
+            state = lif_step(lif, spec.spike_fn, w_rec, state, drive_t)
+            return state, (state.u, state.s)
+
+        _, (u, s) = jax.lax.scan(step, LIFState.zeros(batch, p["b"].shape[0], drive.dtype), drive)
+        voltages.append(u)
+        spikes.append(s)
+
+    out_drive = spikes[-1] @ params["readout"]["w"] + params["readout"]["b"][None, None, :]
+
+    def integrate(o, drive_t):
+        o = spec.readout_decay * o + drive_t
+        return o, o
+
+    _, readout = jax.lax.scan(integrate, jnp.zeros_like(out_drive[0]), out_drive)
+    return Trace(tuple(voltages), tuple(spikes), readout, reduce_time(readout, spec.reduce))
+
+
+def reduce_time(readout: jax.Array, how: str) -> jax.Array:
+    """``[T, batch, classes] -> [batch, classes]``; the same for loss and accuracy."""
+    if how == "mean":
+        return readout.mean(axis=0)
+    if how == "max":
+        return readout.max(axis=0)
+    if how == "last":
+        return readout[-1]
+    raise ValueError(f"unknown readout reduction {how!r}")
+
+
+def rate_penalty(spikes: jax.Array, layer: LayerConfig, dt_ms: float) -> jax.Array:
+    """Per-sample firing-rate penalty ``[batch]`` (see ``RateRegConfig``)."""
+    reg = layer.rate_reg
+    rates_hz = spikes.mean(axis=0) * (1000.0 / dt_ms)  # [batch, n]
+    below = jax.nn.relu(reg.low_hz - rates_hz)
+    above = jax.nn.relu(rates_hz - reg.high_hz) if math.isfinite(reg.high_hz) else 0.0
+    return reg.strength * (below**2 + above**2).mean(axis=-1)
+
+
+class LossAux(NamedTuple):
+    """Per-batch statistics returned beside the loss (all means over the batch)."""
+
+    cross_entropy: jax.Array
+    accuracy: jax.Array
+    rate_hz: tuple[jax.Array, ...]  # per layer, mean over neurons, time and batch
+    neuron_spikes: tuple[jax.Array, ...]  # per layer [n]: spikes summed over time and batch
+
+
+def loss_fn(params: dict, x: jax.Array | SpikeEvents, y: jax.Array, spec: NetworkSpec) -> tuple[jax.Array, LossAux]:
+    """Mean over the batch of softmax cross-entropy plus rate penalties.
+
+    Every term is a mean of per-sample values, so the mean over shards,
+    weighted by shard size, is the mean over the whole batch.
+    """
+    trace = forward(params, x, spec)
+    per_sample = optax.softmax_cross_entropy_with_integer_labels(trace.logits, y)
+    cross_entropy = per_sample.mean()
+    for layer, s in zip(spec.layers, trace.spikes):
+        if layer.rate_reg.strength > 0:
+            per_sample = per_sample + rate_penalty(s, layer, spec.dt_ms)
+    aux = LossAux(
+        cross_entropy=cross_entropy,
+        accuracy=(trace.logits.argmax(-1) == y).mean(),
+        rate_hz=tuple(s.mean() * (1000.0 / spec.dt_ms) for s in trace.spikes),
+        neuron_spikes=tuple(s.sum(axis=(0, 1)) for s in trace.spikes))
+    return per_sample.mean(), aux

@@ -1,0 +1,77 @@
+"""The LIF neuron with an exponential synapse: one time step, as a pure function."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from snndist.surrogate import SpikeFn
+
+
+class LIFSpec(NamedTuple):
+    """Constants of one layer, derived from its config and ``dt``."""
+
+    syn_decay: float  # a = exp(-dt / tau_syn)
+    mem_decay: float  # b = exp(-dt / tau_mem)
+    threshold: float
+    v_reset: float
+    v_rest: float
+    resistance: float
+    soft_reset: bool
+
+    @classmethod
+    def create(cls, *, dt_ms, tau_mem_ms, tau_syn_ms, threshold=1.0, v_reset=0.0,
+               v_rest=0.0, resistance=1.0, reset="soft") -> "LIFSpec":
+        return cls(math.exp(-dt_ms / tau_syn_ms), math.exp(-dt_ms / tau_mem_ms), threshold,
+                   v_reset, v_rest, resistance, reset == "soft")
+
+
+class LIFState(NamedTuple):
+    """Per-neuron state, each ``[batch, size]``: current, voltage, last spikes."""
+
+    i: jax.Array
+    u: jax.Array
+    s: jax.Array
+
+    @classmethod
+    def zeros(cls, batch: int, size: int, dtype=jnp.float32) -> "LIFState":
+        z = jnp.zeros((batch, size), dtype)
+        return cls(z, z, z)
+
+
+def lif_step(spec: LIFSpec, spike_fn: SpikeFn, w_rec: Optional[jax.Array],
+             state: LIFState, drive: jax.Array) -> LIFState:
+    """Advance one layer by one step of ``dt``.
+
+    .. math::
+
+        I_t &= a I_{t-1} + (W x_t + b) + V s_{t-1} \\
+        U'  &= U_{t-1} - (\\theta - U_{reset}) s_{t-1}          \\quad\\text{(soft reset)} \\
+        U_t &= U_{rest} + (U' - U_{rest}) b_m + (1 - b_m) R I_t  \\quad\\text{(exponential Euler)} \\
+        s_t &= H((U_t - \\theta) / (\\theta - U_{reset}))
+
+    ``s_{t-1}`` is the spike of ``U_{t-1}`` with its surrogate gradient, so the
+    gradient flows through the reset, as in the seed. A hard reset sets
+    ``U' = U_reset`` where ``s_{t-1} = 1`` and stops the gradient through the
+    voltage it drops (the seed library's convention).
+
+    Args:
+      spec: the layer's constants.
+      spike_fn: Heaviside with a surrogate derivative (``surrogate.make_spike_fn``).
+      w_rec: recurrent weights ``V`` ``[size, size]`` (``[from, to]``), or None.
+      state: ``LIFState`` at ``t - 1``.
+      drive: ``W x_t + b``, ``[batch, size]``; hoisted out of the time loop.
+
+    Returns:
+      ``LIFState`` at ``t``; its ``s`` is the layer's output.
+    """
+    current = spec.syn_decay * state.i + drive
+    if w_rec is not None:
+        current = current + state.s @ w_rec
+    drop = spec.threshold - spec.v_reset if spec.soft_reset else jax.lax.stop_gradient(state.u) - spec.v_reset
+    u = state.u - drop * state.s
+    u = spec.v_rest + (u - spec.v_rest) * spec.mem_decay + (1.0 - spec.mem_decay) * spec.resistance * current
+    s = spike_fn((u - spec.threshold) / (spec.threshold - spec.v_reset))
+    return LIFState(current, u, s)

@@ -1,0 +1,23 @@
+"""The run directory: ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ..."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from snndist.config import Config, ConfigError, dump_yaml
+
+
+def default_run_dir(config_path: str | None) -> Path:
+    stem = Path(config_path).stem if config_path else "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def create_run_dir(path: Path, cfg: Config) -> Path:
+    """Make ``path`` and write the resolved config; never reuse a directory that holds a run."""
+    path = Path(path)
+    if (path / "config.yaml").exists() or (path / "checkpoints").exists():
+        raise ConfigError(f"{path}: run directory already holds a run; "
+                          f"pass --resume {path} to continue it, or choose another --run-dir")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.yaml").write_text(dump_yaml(cfg))
+    return path

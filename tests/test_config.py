@@ -1,0 +1,122 @@
+"""Config loading, overrides and validation; bad input exits 2 with one line."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from snndist.config import Config, ConfigError, dump_yaml, from_dict, load_config
+
+CONFIGS = sorted(Path("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg, "the resolved config must round-trip"
+
+
+def test_tutorial_has_the_seed_values():
+    cfg = load_config("configs/tutorial.yaml")
+    layer = cfg.model.layers[0]
+    assert (cfg.data.num_inputs, layer.size, cfg.data.num_classes, cfg.data.timesteps) == (100, 4, 2, 200)
+    assert (layer.tau_mem_ms, layer.tau_syn_ms, cfg.model.readout.tau_ms) == (20.0, 10.0, 10.0)
+    assert (cfg.train.global_batch, cfg.train.optimizer, cfg.train.lr, cfg.data.rate_hz) == (256, "adam", 3e-3, 5.0)
+    assert cfg.model.surrogate == "relu" and cfg.model.readout.reduce == "mean"
+
+
+def test_overrides():
+    cfg = load_config("configs/tutorial.yaml", [
+        "train.steps=7", "train.lr=1e-4", "model.layers[0].size=8", "model.layers.0.recurrent=true",
+        "model.layers[1]={size: 3}", "model.surrogate=arctan", "model.surrogate_params={alpha: 3}",
+        "cluster.address=auto"])
+    assert cfg.train.steps == 7 and cfg.train.lr == 1e-4
+    assert cfg.model.layers[0].size == 8 and cfg.model.layers[0].recurrent
+    assert cfg.model.layers[1].size == 3 and cfg.model.layers[0].tau_mem_ms == 20.0
+    assert cfg.model.surrogate_params == {"alpha": 3.0} and cfg.cluster.address == "auto"
+
+
+def test_defaults_build_without_a_file():
+    assert load_config(None) == Config()
+
+
+BAD = [
+    (["train.bogus=1"], "train.bogus: unknown key"),
+    (["train.steps=many"], "train.steps='many': must be an integer"),
+    (["train.lr=fast"], "train.lr='fast': must be a number"),
+    (["model.layers[0].recurrent=3"], "model.layers[0].recurrent=3: must be true or false"),
+    (["model.layers[0].tau_mem_ms=-1"], "model.layers[0].tau_mem_ms=-1.0: must be > 0"),
+    (["model.layers[0].tau_syn_ms=0"], "model.layers[0].tau_syn_ms=0.0: must be > 0"),
+    (["data.dt_ms=20"], "model.layers[0].tau_mem_ms=20.0: must be > data.dt_ms=20"),
+    (["data.dt_ms=10"], "model.layers[0].tau_syn_ms=10.0: must be > data.dt_ms=10"),
+    (["data.timesteps=0"], "data.timesteps=0: must be > 0"),
+    (["model.layers[0].size=0"], "model.layers[0].size=0: must be > 0"),
+    (["data.num_inputs=0"], "data.num_inputs=0: must be > 0"),
+    (["model.surrogate=tanh"], "model.surrogate='tanh': must be one of relu, sigmoid"),
+    (["model.surrogate_params={sigma: 1}"], "model.surrogate_params.sigma=1.0: not a parameter of surrogate 'relu'"),
+    (["train.optimizer=lion"], "train.optimizer='lion': must be one of adam, adamw, sgd"),
+    (["model.layers=[]"], "model.layers=[]: must list at least one hidden layer"),
+    (["train.steps"], "--set 'train.steps': expected KEY=VALUE"),
+    (["=3"], "--set '=3': expected KEY=VALUE"),
+    (["train..steps=3"], "malformed key"),
+    (["model.layers[5].size=3"], "index 5 is out of range"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[b[1][:40] for b in BAD])
+def test_bad_values_name_the_field(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/tutorial.yaml", overrides)
+    assert message in str(err.value)
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "snndist", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def _assert_one_line_exit_2(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got: {result.stderr}"
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("overrides,message", [BAD[0], BAD[1], BAD[4], BAD[6], BAD[8], BAD[9],
+                                               BAD[11], BAD[13], BAD[15]])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, overrides, message):
+    args = ["train", "--config", "configs/tutorial.yaml", "--local", "--run-dir", str(tmp_path / "r")]
+    for item in overrides:
+        args += ["--set", item]
+    _assert_one_line_exit_2(_cli(*args), message)
+    assert not (tmp_path / "r").exists(), "a bad config must not create a run directory"
+
+
+def test_cli_missing_config_file(tmp_path):
+    _assert_one_line_exit_2(_cli("train", "--config", str(tmp_path / "nope.yaml"), "--local"),
+                            "nope.yaml: config file not found")
+
+
+def test_cli_bad_yaml_and_bad_top_level(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [1, 2\n")
+    _assert_one_line_exit_2(_cli("train", "--config", str(broken), "--local"), "broken.yaml: not valid YAML")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    _assert_one_line_exit_2(_cli("train", "--config", str(listed), "--local"), "must hold a mapping")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("modle: {}\n")
+    _assert_one_line_exit_2(_cli("train", "--config", str(unknown), "--local"), "modle: unknown key")
+
+
+def test_cli_unknown_option_exits_2():
+    _assert_one_line_exit_2(_cli("train", "--config", "configs/tutorial.yaml", "--bogus"), "--bogus")
+
+
+def test_help_on_every_command():
+    for args in (["--help"], ["train", "--help"]):
+        result = _cli(*args)
+        assert result.returncode == 0 and "usage: snndist" in result.stdout

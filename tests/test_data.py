@@ -1,0 +1,82 @@
+"""Samples are addressable by index; the order and the event encoding lose nothing."""
+import numpy as np
+import pytest
+
+from snndist.config import load_config
+from snndist.data import batch_indices, data_position, make_dataset, shard_sizes
+from snndist.data.events import SpikeEvents, to_events
+from snndist.data.loader import SampleLoader
+
+
+def _dataset(*overrides, split="train"):
+    cfg = load_config("configs/tutorial.yaml", ["data.num_samples=40", *overrides])
+    return cfg, make_dataset(cfg.data, split, cfg.train.seed)
+
+
+def test_a_sample_is_a_function_of_its_index():
+    _, ds = _dataset()
+    x_all, y_all = ds.load(np.arange(40))
+    x_some, y_some = ds.load(np.array([17, 3, 17]))
+    np.testing.assert_array_equal(x_some, x_all[[17, 3, 17]])
+    np.testing.assert_array_equal(y_some, y_all[[17, 3, 17]])
+    assert x_all.shape == (40, 200, 100) and x_all.dtype == bool
+    assert 0.003 < x_all.mean() < 0.007, "5 Hz at 1 ms is 0.5% of inputs active"
+    assert set(np.unique(y_all)) == {0, 1}
+
+
+def test_seeds_and_splits_differ():
+    _, a = _dataset("data.seed=1")
+    _, b = _dataset("data.seed=2")
+    _, test = _dataset("data.seed=1", split="test")
+    idx = np.arange(5)
+    assert not np.array_equal(a.load(idx)[0], b.load(idx)[0])
+    assert not np.array_equal(a.load(idx)[0], test.load(idx)[0])
+    with pytest.raises(IndexError):
+        a.load(np.array([40]))
+
+
+def test_batch_order_covers_each_epoch_once():
+    steps = [batch_indices(s, 16, 40, seed=0) for s in range(5)]  # 80 samples = 2 epochs
+    stream = np.concatenate(steps)
+    assert sorted(stream[:40]) == list(range(40)) and sorted(stream[40:]) == list(range(40))
+    assert not np.array_equal(stream[:40], stream[40:]), "a new order each epoch"
+    np.testing.assert_array_equal(batch_indices(3, 16, 40, seed=0), steps[3])
+    np.testing.assert_array_equal(batch_indices(1, 16, 40, seed=0, shuffle=False), np.arange(16, 32))
+    assert data_position(3, 16, 40) == {"epoch": 1, "offset": 8}
+
+
+def test_shard_sizes():
+    assert shard_sizes(10, 4) == [3, 3, 2, 2] and sum(shard_sizes(257, 3)) == 257
+
+
+def _to_dense(ev: SpikeEvents, timesteps, n):
+    dense = np.zeros((ev.times.shape[0], timesteps + 1, n), bool)  # row T collects padding
+    b = np.repeat(np.arange(ev.times.shape[0]), ev.times.shape[1])
+    dense[b, ev.times.ravel(), ev.units.ravel()] = True
+    return dense[:, :timesteps]
+
+
+def test_events_round_trip_and_overflow_is_an_error():
+    _, ds = _dataset()
+    x, _ = ds.load(np.arange(40))
+    ev = to_events(x, ds.max_events)
+    np.testing.assert_array_equal(_to_dense(ev, 200, 100), x)
+    assert (ev.times == 200).any(), "padding slots are marked with t = T"
+    with pytest.raises(ValueError, match="more than the event capacity 10"):
+        to_events(x, 10)
+
+
+def test_loader_caches_and_encodes():
+    cfg, ds = _dataset()
+    loader = SampleLoader(ds, cfg.data)
+    assert loader.encoding == "events"
+    x1, y1 = loader.load(np.array([5, 9]))
+    x2, y2 = loader.load(np.array([9, 5, 30]))
+    np.testing.assert_array_equal(x1.times[0], x2.times[1])
+    np.testing.assert_array_equal(y1, y2[[1, 0]])
+    raw, _ = ds.load(np.array([30]))
+    np.testing.assert_array_equal(_to_dense(SpikeEvents(x2.times[2:], x2.units[2:]), 200, 100), raw)
+    dense = SampleLoader(ds, load_config("configs/tutorial.yaml", ["data.encoding=dense"]).data)
+    np.testing.assert_array_equal(dense.load(np.array([30]))[0], raw)
+    uncached = SampleLoader(ds, cfg.data, cache_bytes=0)
+    np.testing.assert_array_equal(uncached.load(np.array([9]))[0].units, x1.units[1:])
