@@ -58,7 +58,7 @@ def apply_grads(state: TrainState, grads: dict, loss: jax.Array,
         params=jax.tree.map(keep, params, state.params),
         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         skipped=state.skipped + (~finite).astype(jnp.int32))
-    metrics = {"train/grad_norm": optax.global_norm(grads), "train/param_norm": optax.global_norm(new_state.params),
+    metrics = {"train/grad_norm": optax.tree.norm(grads), "train/param_norm": optax.tree.norm(new_state.params),
                "train/lr": schedule(state.step), "train/skipped_steps": new_state.skipped,
                "train/step_skipped": ~finite}
     return new_state, metrics
