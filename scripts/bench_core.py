@@ -17,35 +17,25 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from snndist.config import load_config
-from snndist.data import make_dataset
-from snndist.data.loader import SampleLoader
-from snndist.network import init_params, network_spec
-from snndist.optim import make_optimizer
-from snndist.step import init_state, make_train_step
+from snndist.data import plan_shards
+from snndist.replica import Replica
+from snndist.step import Layout
 
 CONFIGS = {"tutorial": "configs/tutorial.yaml", "shd": "configs/bench_shd.yaml"}
 
 
 def snndist_step(cfg):
-    """A zero-argument callable running one snndist train step, and the encoding used."""
-    spec = network_spec(cfg)
-    optimizer, schedule = make_optimizer(cfg.train)
-    state = init_state(init_params(jax.random.PRNGKey(0), cfg), optimizer)
-    loader = SampleLoader(make_dataset(cfg.data, "train", 0), cfg.data)
-    x, y = loader.load(np.arange(cfg.train.global_batch))
-    x, y = jax.tree.map(jnp.asarray, x), jnp.asarray(y)
-    step = make_train_step(spec, optimizer, schedule)
-    box = [state]
+    """A zero-argument callable running one snndist train step, and the input encoding used."""
+    replica = Replica(cfg, Layout.over(jax.local_devices()[:1]))
+    shard = plan_shards(np.arange(cfg.train.global_batch), 1, 1)[0]
 
     def run():
-        box[0], metrics = step(box[0], x, y)
-        jax.block_until_ready(metrics["train/loss"])
+        jax.block_until_ready(replica.train_step(shard)["train/loss"])
 
-    return run, loader.encoding
+    return run, replica.loader("train").encoding
 
 
 def seed_step(cfg):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from snndist.config import ConfigError
+from snndist.errors import ConfigError, SnndistError
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = ConfigError.exit_code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
+    except SnndistError as err:
         print(f"snndist: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return err.exit_code
 
 
 if __name__ == "__main__":

@@ -24,9 +24,7 @@ from typing import Any, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or out of range."""
+from snndist.errors import ConfigError
 
 
 # --------------------------------------------------------------------- model

@@ -162,29 +162,35 @@ def rate_penalty(spikes: jax.Array, layer: LayerConfig, dt_ms: float) -> jax.Arr
 
 
 class LossAux(NamedTuple):
-    """Per-batch statistics returned beside the loss (all means over the batch)."""
+    """Per-batch statistics returned beside the loss (weighted means over the batch)."""
 
     cross_entropy: jax.Array
     accuracy: jax.Array
-    rate_hz: tuple[jax.Array, ...]  # per layer, mean over neurons, time and batch
-    neuron_spikes: tuple[jax.Array, ...]  # per layer [n]: spikes summed over time and batch
+    rate_hz: tuple[jax.Array, ...]  # per layer, mean over neurons, time and samples
+    neuron_spikes: tuple[jax.Array, ...]  # per layer [n]: spikes summed over time and samples
 
 
-def loss_fn(params: dict, x: jax.Array | SpikeEvents, y: jax.Array, spec: NetworkSpec) -> tuple[jax.Array, LossAux]:
+def loss_fn(params: dict, x: jax.Array | SpikeEvents, y: jax.Array, spec: NetworkSpec,
+            weights: jax.Array | None = None) -> tuple[jax.Array, LossAux]:
     """Mean over the batch of softmax cross-entropy plus rate penalties.
 
-    Every term is a mean of per-sample values, so the mean over shards,
-    weighted by shard size, is the mean over the whole batch.
+    ``weights [batch]`` (1 for a sample, 0 for padding) make it the mean over
+    real samples, so that batches padded to fill every device give the same
+    result as unpadded ones. Every term is a mean of per-sample values: the
+    mean over shards, weighted by their sample counts, is the batch mean.
     """
     trace = forward(params, x, spec)
+    if weights is None:
+        weights = jnp.ones(y.shape, trace.logits.dtype)
+    mean = lambda v: jnp.sum(weights * v) / jnp.maximum(jnp.sum(weights), 1.0)  # padding-only shard: 0, not NaN
     per_sample = optax.softmax_cross_entropy_with_integer_labels(trace.logits, y)
-    cross_entropy = per_sample.mean()
+    cross_entropy = mean(per_sample)
     for layer, s in zip(spec.layers, trace.spikes):
         if layer.rate_reg.strength > 0:
             per_sample = per_sample + rate_penalty(s, layer, spec.dt_ms)
     aux = LossAux(
         cross_entropy=cross_entropy,
-        accuracy=(trace.logits.argmax(-1) == y).mean(),
-        rate_hz=tuple(s.mean() * (1000.0 / spec.dt_ms) for s in trace.spikes),
-        neuron_spikes=tuple(s.sum(axis=(0, 1)) for s in trace.spikes))
-    return per_sample.mean(), aux
+        accuracy=mean((trace.logits.argmax(-1) == y).astype(weights.dtype)),
+        rate_hz=tuple(mean(s.mean(axis=(0, 2))) * (1000.0 / spec.dt_ms) for s in trace.spikes),
+        neuron_spikes=tuple(jnp.einsum("tbn,b->n", s, weights) for s in trace.spikes))
+    return mean(per_sample), aux

@@ -1,14 +1,18 @@
 """The train and eval steps: jitted pure functions over one ``TrainState``.
 
 A step is ``compute_grads`` (forward + BPTT on a batch or shard) followed by
-``apply_grads`` (optax update). The single-process trainer jits the two
-together; distributed workers call them through the same functions, either
-with a mean gradient in between (coordinator sync) or over a global mesh
-(XLA sync).
+``apply_grads`` (optax update). Every jitted function here is laid out over a
+``Mesh`` with one axis, ``data``: the batch is split over it, parameters and
+optimiser state are replicated. The mesh is this process's devices (single
+process, or a worker under coordinator gradient sync, where the jitted
+``grad_step`` and ``apply_step`` run with a host-side mean in between) or
+every worker's devices (XLA gradient sync: ``train_step`` over the global
+mesh, whose collectives average the gradient).
 
 Metric names are the ones logged. Keys under ``count/`` are sums over the
-batch (added across shards); all others are batch means (averaged across
-shards weighted by shard size). ``summarize`` turns counts into fractions.
+batch (added across shards); all others are means over its real samples
+(averaged across shards weighted by sample count). ``summarize`` turns counts
+into fractions.
 """
 from __future__ import annotations
 
@@ -16,11 +20,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from snndist.network import NetworkSpec, loss_fn
 
 Metrics = dict[str, Any]
+DATA_AXIS = "data"
 
 
 class TrainState(NamedTuple):
@@ -36,9 +43,9 @@ def init_state(params: dict, optimizer: optax.GradientTransformation) -> TrainSt
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def compute_grads(params: dict, x: jax.Array, y: jax.Array, spec: NetworkSpec) -> tuple[dict, Metrics]:
-    """Mean loss gradient over the batch, and the batch's metrics."""
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, spec)
+def compute_grads(params: dict, x, y: jax.Array, weights: jax.Array, spec: NetworkSpec) -> tuple[dict, Metrics]:
+    """Mean loss gradient over the batch's real samples, and the batch's metrics."""
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, spec, weights)
     metrics = {"train/loss": loss, "train/cross_entropy": aux.cross_entropy, "train/accuracy": aux.accuracy}
     for name, rate, counts in zip(spec.names, aux.rate_hz, aux.neuron_spikes):
         metrics[f"spikes/rate_hz/{name}"] = rate
@@ -64,51 +71,98 @@ def apply_grads(state: TrainState, grads: dict, loss: jax.Array,
     return new_state, metrics
 
 
-def make_train_step(spec: NetworkSpec, optimizer: optax.GradientTransformation, schedule: optax.Schedule):
-    """``train_step(state, x, y) -> (state, metrics)``, jitted; ``state`` is donated."""
+def eval_metrics(params: dict, x, y: jax.Array, weights: jax.Array, spec: NetworkSpec) -> Metrics:
+    loss, aux = loss_fn(params, x, y, spec, weights)
+    metrics = {"eval/loss": loss, "eval/cross_entropy": aux.cross_entropy, "eval/accuracy": aux.accuracy}
+    for name, rate, counts in zip(spec.names, aux.rate_hz, aux.neuron_spikes):
+        metrics[f"eval/rate_hz/{name}"] = rate
+        metrics[f"count/neuron_spikes/{name}"] = counts
+    return metrics
 
-    def train_step(state: TrainState, x: jax.Array, y: jax.Array):
-        grads, metrics = compute_grads(state.params, x, y, spec)
+
+# ------------------------------------------------------------- jitted, laid out on a mesh
+class Layout(NamedTuple):
+    mesh: Mesh
+    replicated: NamedSharding
+    batch: NamedSharding  # leading axis split over the mesh
+
+    @classmethod
+    def over(cls, devices) -> "Layout":
+        mesh = Mesh(np.asarray(devices), (DATA_AXIS,))
+        return cls(mesh, NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+
+    @property
+    def size(self) -> int:
+        return self.mesh.size
+
+
+def make_init(layout: Layout, init_params_fn, optimizer: optax.GradientTransformation):
+    """``init(key) -> TrainState``, made replicated on the mesh by every process alike."""
+    return jax.jit(lambda key: init_state(init_params_fn(key), optimizer), out_shardings=layout.replicated)
+
+
+def make_train_step(spec: NetworkSpec, optimizer, schedule, layout: Layout):
+    """``train_step(state, x, y, weights) -> (state, metrics)``; ``state`` is donated."""
+
+    def train_step(state: TrainState, x, y, weights):
+        grads, metrics = compute_grads(state.params, x, y, weights, spec)
         state, update_metrics = apply_grads(state, grads, metrics["train/loss"], optimizer, schedule)
         return state, {**metrics, **update_metrics}
 
-    return jax.jit(train_step, donate_argnums=0)
+    r, b = layout.replicated, layout.batch
+    return jax.jit(train_step, in_shardings=(r, b, b, b), out_shardings=(r, r), donate_argnums=0)
 
 
-def make_eval_step(spec: NetworkSpec):
-    """``eval_step(params, x, y) -> metrics`` (names under ``eval/``), jitted."""
-
-    def eval_step(params: dict, x: jax.Array, y: jax.Array) -> Metrics:
-        loss, aux = loss_fn(params, x, y, spec)
-        metrics = {"eval/loss": loss, "eval/cross_entropy": aux.cross_entropy, "eval/accuracy": aux.accuracy}
-        for name, rate, counts in zip(spec.names, aux.rate_hz, aux.neuron_spikes):
-            metrics[f"eval/rate_hz/{name}"] = rate
-            metrics[f"count/neuron_spikes/{name}"] = counts
-        return metrics
-
-    return jax.jit(eval_step)
+def make_grad_step(spec: NetworkSpec, layout: Layout):
+    """``grad_step(params, x, y, weights) -> (grads, metrics)``: the first half of a step."""
+    r, b = layout.replicated, layout.batch
+    return jax.jit(lambda p, x, y, w: compute_grads(p, x, y, w, spec),
+                   in_shardings=(r, b, b, b), out_shardings=(r, r))
 
 
+def make_apply_step(optimizer, schedule, layout: Layout):
+    """``apply_step(state, grads, loss) -> (state, metrics)``: the second half; ``state`` is donated."""
+    r = layout.replicated
+    return jax.jit(lambda s, g, l: apply_grads(s, g, l, optimizer, schedule),
+                   in_shardings=(r, r, r), out_shardings=(r, r), donate_argnums=0)
+
+
+def make_eval_step(spec: NetworkSpec, layout: Layout):
+    """``eval_step(params, x, y, weights) -> metrics`` (names under ``eval/``)."""
+    r, b = layout.replicated, layout.batch
+    return jax.jit(lambda p, x, y, w: eval_metrics(p, x, y, w, spec), in_shardings=(r, b, b, b), out_shardings=r)
+
+
+def to_host(tree):
+    """Replicated (possibly multi-process) arrays -> numpy, from this process's copy."""
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return np.asarray(a.addressable_data(0))
+        return np.asarray(a)
+    return jax.tree.map(one, tree)
+
+
+# ---------------------------------------------------------------------- host-side metrics
 def summarize(metrics: Metrics, prefix: str = "spikes") -> dict[str, float]:
     """Host floats; ``count/neuron_spikes/L`` becomes ``<prefix>/silent_fraction/L``."""
     out = {}
-    for key, value in metrics.items():
+    for key, value in to_host(metrics).items():
         if key.startswith("count/neuron_spikes/"):
             layer = key.rsplit("/", 1)[1]
-            out[f"{prefix}/silent_fraction/{layer}"] = float((jnp.asarray(value) == 0).mean())
+            out[f"{prefix}/silent_fraction/{layer}"] = float((value == 0).mean())
         elif key != "train/step_skipped":
             out[key] = float(value)
     return out
 
 
-def weighted_mean(shard_metrics: list[Metrics], sizes: list[int]) -> Metrics:
-    """Combine per-shard metrics: counts add up, means are weighted by shard size."""
-    total = float(sum(sizes))
+def weighted_mean(parts: list[Metrics], counts: list[float]) -> Metrics:
+    """Combine per-shard host metrics: counts add up, means are weighted by sample count."""
+    total = max(float(sum(counts)), 1.0)
     out = {}
-    for key in shard_metrics[0]:
-        values = [m[key] for m in shard_metrics]
+    for key in parts[0]:
+        values = [np.asarray(m[key]) for m in parts]
         if key.startswith("count/"):
             out[key] = sum(values)
         else:
-            out[key] = sum(v * (n / total) for v, n in zip(values, sizes))
+            out[key] = sum(v * (n / total) for v, n in zip(values, counts))
     return out

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from snndist.config import load_config
-from snndist.data import batch_indices, data_position, make_dataset, shard_sizes
+from snndist.data import batch_indices, data_position, make_dataset, plan_shards
 from snndist.data.events import SpikeEvents, to_events
 from snndist.data.loader import SampleLoader
 
@@ -45,8 +45,15 @@ def test_batch_order_covers_each_epoch_once():
     assert data_position(3, 16, 40) == {"epoch": 1, "offset": 8}
 
 
-def test_shard_sizes():
-    assert shard_sizes(10, 4) == [3, 3, 2, 2] and sum(shard_sizes(257, 3)) == 257
+def test_plan_shards_pads_to_whole_devices():
+    idx = np.arange(100, 110)
+    shards = plan_shards(idx, 2, 2)  # 10 samples over 4 devices: 3 rows each, 2 of them padding
+    assert [len(s.indices) for s in shards] == [6, 6]
+    np.testing.assert_array_equal(np.concatenate([s.indices for s in shards])[:10], idx)
+    weights = np.concatenate([s.weights for s in shards])
+    assert weights.sum() == 10 and (weights[10:] == 0).all()
+    assert [s.weights.sum() for s in plan_shards(np.arange(257), 2, 1)] == [129, 128]
+    assert sum(len(s.indices) for s in plan_shards(idx, 1, 4, min_rows=16)) == 16
 
 
 def _to_dense(ev: SpikeEvents, timesteps, n):

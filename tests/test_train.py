@@ -11,11 +11,10 @@ import pytest
 import yaml
 
 from snndist.config import dump_yaml, load_config
-from snndist.data import make_dataset
-from snndist.data.loader import SampleLoader
-from snndist.network import init_params, network_spec
-from snndist.optim import lr_schedule, make_optimizer
-from snndist.step import init_state, make_train_step
+from snndist.data import plan_shards
+from snndist.optim import lr_schedule
+from snndist.replica import Replica
+from snndist.step import Layout
 
 
 def _cli(*args):
@@ -57,33 +56,31 @@ def test_an_existing_run_dir_is_never_overwritten(tmp_path):
     assert (run / "config.yaml").read_text() == "precious: true\n"
 
 
-def _setup(*overrides, batch=32):
+def _replica(*overrides, batch=32, devices=1):
     cfg = load_config("configs/tutorial.yaml", ["data.num_samples=64", *overrides])
-    spec = network_spec(cfg)
-    optimizer, schedule = make_optimizer(cfg.train)
-    state = init_state(init_params(jax.random.PRNGKey(cfg.train.seed), cfg), optimizer)
-    loader = SampleLoader(make_dataset(cfg.data, "train", 0), cfg.data)
-    x, y = loader.load(np.arange(batch))
-    return cfg, make_train_step(spec, optimizer, schedule), state, jax.tree.map(jnp.asarray, x), jnp.asarray(y)
+    replica = Replica(cfg, Layout.over(jax.local_devices()[:devices]))
+    return replica, plan_shards(np.arange(batch), 1, devices)[0]
 
 
 def test_step_compiles_once():
-    _, step, state, x, y = _setup()
+    replica, shard = _replica()
     for _ in range(3):
-        state, _ = step(state, x, y)
-    assert step._cache_size() == 1
+        replica.train_step(shard)
+    assert replica._train_step._cache_size() == 1
 
 
 def test_non_finite_step_is_skipped():
-    _, step, state, x, y = _setup()
-    state, _ = step(state, x, y)
-    poisoned = state._replace(params={**state.params, "readout": {
-        "w": state.params["readout"]["w"].at[0, 0].set(jnp.nan), "b": state.params["readout"]["b"]}})
-    before = jax.device_get(poisoned)
-    after, metrics = step(poisoned, x, y)
+    replica, shard = _replica()
+    replica.train_step(shard)
+    params = replica.state.params
+    poisoned = {**params, "readout": {**params["readout"], "w": params["readout"]["w"].at[0, 0].set(jnp.nan)}}
+    replica.state = replica.state._replace(params=poisoned)
+    before = jax.device_get(replica.state)
+    metrics = replica.train_step(shard)
+    after = replica.state
     assert bool(metrics["train/step_skipped"]) and int(after.skipped) == 1 and int(after.step) == 2
-    for a, b in zip(jax.tree.leaves(before.params) + jax.tree.leaves(before.opt_state)[1:],
-                    jax.tree.leaves(after.params) + jax.tree.leaves(after.opt_state)[1:]):
+    for a, b in zip(jax.tree.leaves(before.params) + jax.tree.leaves(before.opt_state),
+                    jax.tree.leaves(after.params) + jax.tree.leaves(after.opt_state)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -93,12 +90,12 @@ def test_non_finite_step_is_skipped():
     ["train.optimizer=sgd", "train.momentum=0.9", "train.lr=0.5", "train.lr_schedule=linear"],
 ])
 def test_optimizers_update_parameters(overrides):
-    _, step, state, x, y = _setup("train.steps=10", *overrides)
-    start = jax.device_get(state.params)
+    replica, shard = _replica("train.steps=10", *overrides)
+    start = replica.params()
     for _ in range(3):
-        state, metrics = step(state, x, y)
+        metrics = replica.train_step(shard)
     assert not bool(metrics["train/step_skipped"])
-    moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(state.params))]
+    moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(replica.params()))]
     assert max(moved) > 0
 
 
@@ -109,23 +106,21 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_deep_recurrent_network_with_rate_penalty_trains():
-    _, step, state, x, y = _setup(
+    replica, shard = _replica(
         "model.layers[0].recurrent=true", "model.layers[0].rate_reg={strength: 0.01, low_hz: 1, high_hz: 20}",
         "model.layers[1]={size: 6, recurrent: true, reset: hard}", "model.surrogate=fast_sigmoid")
-    losses = []
-    for _ in range(20):
-        state, metrics = step(state, x, y)
-        losses.append(float(metrics["train/loss"]))
-    assert set(state.params) == {"hidden0", "hidden1", "readout"} and "v" in state.params["hidden1"]
+    losses = [float(replica.train_step(shard)["train/loss"]) for _ in range(20)]
+    params = replica.params()
+    assert set(params) == {"hidden0", "hidden1", "readout"} and "v" in params["hidden1"]
     assert all(math.isfinite(l) for l in losses) and losses[-1] < losses[0]
 
 
 def test_events_and_dense_encodings_train_alike():
     results = []
     for encoding in ("events", "dense"):
-        _, step, state, x, y = _setup(f"data.encoding={encoding}")
+        replica, shard = _replica(f"data.encoding={encoding}")
         for _ in range(5):
-            state, _ = step(state, x, y)
-        results.append(jax.device_get(state.params))
+            replica.train_step(shard)
+        results.append(replica.params())
     for a, b in zip(*map(jax.tree.leaves, results)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -1,6 +1,6 @@
 """Datasets: index-addressable samples, ``load(indices) -> (spikes, labels)``."""
 from snndist.config import DataConfig
-from snndist.data.order import batch_indices, data_position, shard_sizes
+from snndist.data.order import Shard, batch_indices, data_position, plan_shards
 from snndist.data.synthetic import SyntheticSpikes
 
 
@@ -11,4 +11,4 @@ def make_dataset(cfg: DataConfig, split: str = "train", default_seed: int = 0):
     raise ValueError(f"data.kind={cfg.kind!r}: unknown dataset kind")
 
 
-__all__ = ["SyntheticSpikes", "batch_indices", "data_position", "make_dataset", "shard_sizes"]
+__all__ = ["Shard", "SyntheticSpikes", "batch_indices", "data_position", "make_dataset", "plan_shards"]

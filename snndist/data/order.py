@@ -7,6 +7,8 @@ exactly what an uninterrupted one would.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 
@@ -32,7 +34,26 @@ def data_position(step: int, global_batch: int, num_samples: int) -> dict[str, i
     return {"epoch": epoch, "offset": offset}
 
 
-def shard_sizes(total: int, parts: int) -> list[int]:
-    """Split ``total`` into ``parts`` contiguous sizes differing by at most one."""
-    base, extra = divmod(total, parts)
-    return [base + (i < extra) for i in range(parts)]
+class Shard(NamedTuple):
+    """One worker's part of a global batch: dataset indices and per-sample weights."""
+
+    indices: np.ndarray  # [rows] int
+    weights: np.ndarray  # [rows] float32: 1 for a sample, 0 for padding
+
+
+def plan_shards(indices: np.ndarray, num_workers: int, devices_per_worker: int,
+                min_rows: int = 0) -> list[Shard]:
+    """Split a global batch into equal, contiguous per-worker shards.
+
+    Every device gets the same number of rows (a sharded array needs it), so
+    the batch is padded at its end, to at least ``min_rows`` rows if asked,
+    with weight-0 copies of its first sample; the loss averages over real
+    samples only, so padding changes nothing.
+    """
+    devices = num_workers * devices_per_worker
+    per_device = -(-max(len(indices), min_rows) // devices)
+    pad = per_device * devices - len(indices)
+    rows = np.concatenate([indices, np.full(pad, indices[0], dtype=indices.dtype)])
+    weights = np.concatenate([np.ones(len(indices), np.float32), np.zeros(pad, np.float32)])
+    size = per_device * devices_per_worker
+    return [Shard(rows[r * size:(r + 1) * size], weights[r * size:(r + 1) * size]) for r in range(num_workers)]
