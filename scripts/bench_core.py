@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from snndist.config import load_config
-from snndist.data import plan_shards
+from snndist.data.order import plan_shards
 from snndist.replica import Replica
 from snndist.step import Layout
 

@@ -1,12 +1,22 @@
-"""snndist: distributed surrogate-gradient training of spiking neural networks."""
-from snndist.config import Config, ConfigError, load_config
-from snndist.network import forward, init_params, loss_fn, network_spec
-from snndist.neurons import LIFSpec, LIFState, lif_step
-from snndist.step import TrainState, make_eval_step, make_train_step
-from snndist.surrogate import make_spike_fn
+"""snndist: distributed surrogate-gradient training of spiking neural networks.
 
-__all__ = [
-    "Config", "ConfigError", "LIFSpec", "LIFState", "TrainState", "forward", "init_params",
-    "lif_step", "load_config", "loss_fn", "make_eval_step", "make_spike_fn", "make_train_step",
-    "network_spec",
-]
+The public names below load on first use, so that the CLI and the Ray
+coordinator start without importing JAX.
+"""
+import importlib
+
+_EXPORTS = {
+    "Config": "snndist.config", "ConfigError": "snndist.errors", "load_config": "snndist.config",
+    "LIFSpec": "snndist.neurons", "LIFState": "snndist.neurons", "lif_step": "snndist.neurons",
+    "forward": "snndist.network", "init_params": "snndist.network", "loss_fn": "snndist.network",
+    "network_spec": "snndist.network", "make_spike_fn": "snndist.surrogate",
+    "TrainState": "snndist.step", "Layout": "snndist.step", "make_train_step": "snndist.step",
+    "make_eval_step": "snndist.step", "Replica": "snndist.replica",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'snndist' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. train.steps=500 or model.layers[0].size=8 (repeatable)")
     train.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/<config>-<time>)")
-    train.add_argument("--local", action="store_true", help="train in this process, without Ray")
+    train.add_argument("--local", action="store_true",
+                       help="train in this process, without Ray (default: Ray workers, train.workers of them, "
+                            "on cluster.address, RAY_ADDRESS, or a local Ray instance started for the run)")
     train.set_defaults(func=cmd_train)
     return parser
 
@@ -45,20 +47,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     from snndist.rundir import create_run_dir, default_run_dir
 
     cfg = load_config(args.config, args.set)
-    if not args.local:
-        raise ConfigError("distributed training is not available yet; pass --local")
     run_dir = create_run_dir(args.run_dir or default_run_dir(args.config), cfg)
     print(f"run directory: {run_dir}", flush=True)
+    say = lambda line: print(line, flush=True)
 
-    from snndist.local import LocalRunner
     from snndist.loop import fit
     from snndist.tracking import JsonlTracker
 
+    if args.local:
+        from snndist.local import LocalRunner
+
+        runner = LocalRunner(cfg)
+    else:
+        from snndist.coordinator import RayRunner
+
+        runner = RayRunner(cfg, run_dir.name, say=say)
     tracker = JsonlTracker(run_dir)
     try:
-        fit(cfg, LocalRunner(cfg), tracker, say=lambda line: print(line, flush=True))
+        fit(cfg, runner, tracker, say=say)
     finally:
         tracker.finish()
+        if not args.local:
+            runner.close()
     return 0
 
 

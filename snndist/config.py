@@ -110,8 +110,10 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine | linear (both decay to 0 at train.steps)
     warmup_steps: int = 0  # linear warm-up from 0, before the schedule
     seed: int = 0  # parameter initialisation and sample order
-    workers: int = 1
-    grad_sync: str = "coordinator"  # coordinator | xla
+    workers: int = 1  # Ray worker actors, each a replica over its devices
+    grad_sync: str = "coordinator"  # coordinator: mean on the driver | xla: collectives in the step
+    step_timeout_s: float = 600.0  # a step (the first one compiles) that takes longer is a lost worker
+    drift_check_every: int = 100  # coordinator sync: compare replicas' parameters every N steps
     eval_every: int = 0  # steps; 0: only at the end
     eval_split: str = "train"  # train | test
     eval_batch: int = 256
@@ -131,10 +133,12 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    address: Optional[str] = None  # None: RAY_ADDRESS, else a local Ray instance
+    address: Optional[str] = None  # None: RAY_ADDRESS, else a local Ray instance (what ray.init takes)
+    accelerator: str = "auto"  # cpu | gpu | tpu | auto: gpu or tpu if the cluster has them
     cpus_per_worker: int = 1
-    devices_per_worker: int = 1
+    devices_per_worker: int = 1  # GPUs or TPU chips; on CPU, host devices XLA exposes per worker
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_SPREAD
+    resource_timeout_s: float = 60.0  # how long to wait for the workers' resources
 
 
 @dataclass(frozen=True)
@@ -382,6 +386,10 @@ def _validate(cfg: Config) -> None:
     _check(c.cpus_per_worker > 0, "cluster.cpus_per_worker", c.cpus_per_worker, "must be > 0")
     _check(c.devices_per_worker > 0, "cluster.devices_per_worker", c.devices_per_worker, "must be > 0")
     _one_of("cluster.placement_strategy", c.placement_strategy, ("PACK", "SPREAD", "STRICT_SPREAD"))
+    _one_of("cluster.accelerator", c.accelerator, ("auto", "cpu", "gpu", "tpu"))
+    _check(c.resource_timeout_s > 0, "cluster.resource_timeout_s", c.resource_timeout_s, "must be > 0")
+    _check(t.step_timeout_s > 0, "train.step_timeout_s", t.step_timeout_s, "must be > 0")
+    _check(t.drift_check_every > 0, "train.drift_check_every", t.drift_check_every, "must be > 0")
 
 
 INITS = ("kaiming_normal", "kaiming_uniform")

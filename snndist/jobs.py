@@ -57,8 +57,8 @@ START_TIMEOUT_S = 300.0
 POLL_S = 0.5
 
 TERMINAL = ("STOPPED", "SUCCEEDED", "FAILED")
-AUTH_DOC = ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) to the cluster's "
-            "token; `ray get-auth-token` prints it on the head")
+AUTH_DOC = ("set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token to the cluster's token, "
+            "which `ray get-auth-token` prints on the head")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -139,8 +139,12 @@ def cluster_errors(address: str, job_id: str | None = None,
             raise ClusterError(f"the Ray cluster at {address} rejected the auth token{sent} "
                                f"({AUTH_DOC})") from None
         if text.startswith("Authentication required"):  # 401: no token was sent
+            if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
+                raise ClusterError(f"the Ray cluster at {address} requires an auth token, which "
+                                   f"RAY_AUTH_MODE=disabled keeps from being sent (unset it; "
+                                   f"{AUTH_DOC})") from None
             raise ClusterError(f"the Ray cluster at {address} requires an auth token and none was "
-                               f"sent ({AUTH_DOC})") from None
+                               f"found ({AUTH_DOC})") from None
         raise ClusterError(f"auth token problem for the Ray cluster at {address}: "
                            f"{_first_line(text)}") from None
     except aiohttp.WSServerHandshakeError as err:  # the log stream's websocket
@@ -293,13 +297,18 @@ def config_in_working_dir(config: str | Path, working_dir: str | Path) -> str:
 @contextlib.contextmanager
 def _quiet_ray_logs() -> Iterator[None]:
     """Keep Ray's INFO lines (package uploads, websocket closes) off the terminal."""
-    logger = logging.getLogger("ray")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+    import ray.job_submission  # noqa: F401  (importing ray configures its loggers: do it first)
+
+    loggers = [logging.getLogger(name) for name in
+               ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 # ------------------------------------------------------------------ commands

@@ -4,9 +4,10 @@ from __future__ import annotations
 import jax
 
 from snndist.config import Config
-from snndist.data import plan_shards
+from snndist.data.order import plan_shards
 from snndist.replica import Replica
-from snndist.step import Layout, Metrics
+from snndist.metrics import Metrics
+from snndist.step import Layout
 
 
 class LocalRunner:

@@ -9,8 +9,8 @@ import time
 from typing import Callable
 
 from snndist.config import Config
-from snndist.data import batch_indices
-from snndist.step import summarize
+from snndist.data.order import batch_indices
+from snndist.metrics import summarize
 from snndist.tracking import Tracker
 
 

@@ -12,12 +12,14 @@ import jax
 import numpy as np
 
 from snndist.config import Config
-from snndist.data import Shard, make_dataset, plan_shards
+from snndist.data.datasets import make_dataset
+from snndist.data.order import Shard, plan_shards
 from snndist.data.loader import SampleLoader
 from snndist.network import init_params, network_spec
 from snndist.optim import make_optimizer
-from snndist.step import (Layout, Metrics, make_apply_step, make_eval_step, make_grad_step, make_init,
-                          make_train_step, to_host, weighted_mean)
+from snndist.metrics import Metrics, weighted_mean
+from snndist.step import (Layout, make_apply_step, make_eval_step, make_grad_step, make_init, make_train_step,
+                          to_host)
 
 
 class Replica:

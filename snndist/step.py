@@ -9,10 +9,8 @@ process, or a worker under coordinator gradient sync, where the jitted
 every worker's devices (XLA gradient sync: ``train_step`` over the global
 mesh, whose collectives average the gradient).
 
-Metric names are the ones logged. Keys under ``count/`` are sums over the
-batch (added across shards); all others are means over its real samples
-(averaged across shards weighted by sample count). ``summarize`` turns counts
-into fractions.
+Metric names are the ones logged (see ``snndist.metrics`` for how shards'
+metrics combine).
 """
 from __future__ import annotations
 
@@ -140,29 +138,3 @@ def to_host(tree):
             return np.asarray(a.addressable_data(0))
         return np.asarray(a)
     return jax.tree.map(one, tree)
-
-
-# ---------------------------------------------------------------------- host-side metrics
-def summarize(metrics: Metrics, prefix: str = "spikes") -> dict[str, float]:
-    """Host floats; ``count/neuron_spikes/L`` becomes ``<prefix>/silent_fraction/L``."""
-    out = {}
-    for key, value in to_host(metrics).items():
-        if key.startswith("count/neuron_spikes/"):
-            layer = key.rsplit("/", 1)[1]
-            out[f"{prefix}/silent_fraction/{layer}"] = float((value == 0).mean())
-        elif key != "train/step_skipped":
-            out[key] = float(value)
-    return out
-
-
-def weighted_mean(parts: list[Metrics], counts: list[float]) -> Metrics:
-    """Combine per-shard host metrics: counts add up, means are weighted by sample count."""
-    total = max(float(sum(counts)), 1.0)
-    out = {}
-    for key in parts[0]:
-        values = [np.asarray(m[key]) for m in parts]
-        if key.startswith("count/"):
-            out[key] = sum(values)
-        else:
-            out[key] = sum(v * (n / total) for v, n in zip(values, counts))
-    return out

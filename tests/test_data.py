@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from snndist.config import load_config
-from snndist.data import batch_indices, data_position, make_dataset, plan_shards
+from snndist.data.datasets import make_dataset
+from snndist.data.order import batch_indices, data_position, plan_shards
 from snndist.data.events import SpikeEvents, to_events
 from snndist.data.loader import SampleLoader
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from snndist.config import dump_yaml, load_config
-from snndist.data import plan_shards
+from snndist.data.order import plan_shards
 from snndist.optim import lr_schedule
 from snndist.replica import Replica
 from snndist.step import Layout

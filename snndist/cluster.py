@@ -1,0 +1,82 @@
+"""Joining a Ray cluster and reserving the workers' resources. No JAX here."""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+
+from snndist.config import ClusterConfig, TrainConfig
+from snndist.errors import ClusterError
+
+
+def connect(address: str | None) -> bool:
+    """``ray.init`` at ``address``, RAY_ADDRESS, or a new local instance; True if we started one."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith("http"):
+        raise ClusterError(f"cluster.address={address!r} is a dashboard URL, which `snndist submit` takes; "
+                           "training needs what ray.init takes: auto, HOST:6379 or ray://HOST:10001")
+    try:
+        if address:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ClusterError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "
+                           f"{' '.join(str(err).split())[:300]}") from None
+    return not address
+
+
+class Reservation(NamedTuple):
+    group: object  # the placement group
+    accelerator: str  # cpu | gpu | tpu
+    bundle: dict  # one worker's resources
+
+
+def reserve(train: TrainConfig, cluster: ClusterConfig) -> Reservation:
+    """A placement group of one bundle per worker; a clear error instead of waiting forever."""
+    have = ray.cluster_resources()
+    accelerator = cluster.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if have.get("GPU", 0) else "tpu" if have.get("TPU", 0) else "cpu"
+    bundle = {"CPU": cluster.cpus_per_worker}
+    if accelerator == "gpu":
+        bundle["GPU"] = cluster.devices_per_worker
+    elif accelerator == "tpu":
+        bundle["TPU"] = cluster.devices_per_worker
+    for resource, amount in bundle.items():
+        need = amount * train.workers
+        if need > have.get(resource, 0):
+            field = "cluster.cpus_per_worker" if resource == "CPU" else "cluster.devices_per_worker"
+            raise ClusterError(f"train.workers={train.workers} x {field}={amount} needs {need:g} {resource}; "
+                               f"the cluster has {have.get(resource, 0):g}")
+    group = placement_group([dict(bundle) for _ in range(train.workers)], strategy=cluster.placement_strategy)
+    try:
+        ray.get(group.ready(), timeout=cluster.resource_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        raise ClusterError(f"{train.workers} workers of {bundle} ({cluster.placement_strategy}) could not be "
+                           f"placed within cluster.resource_timeout_s={cluster.resource_timeout_s:g} s") from None
+    return Reservation(group, accelerator, bundle)
+
+
+def release(reservation: Reservation) -> None:
+    remove_placement_group(reservation.group)
+
+
+def worker_env(accelerator: str, devices: int, cpus: int) -> dict[str, str]:
+    """Environment a worker needs before it imports JAX.
+
+    CPU workers get ``devices`` host devices and, when held to one core, a
+    single-threaded XLA. GPU workers see the GPUs Ray assigned them through
+    CUDA_VISIBLE_DEVICES, which Ray sets; JAX numbers them from 0.
+    """
+    if accelerator == "cpu":
+        flags = [f"--xla_force_host_platform_device_count={devices}"]
+        if cpus == 1:
+            flags += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
+        return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags)}
+    return {"JAX_PLATFORMS": "cuda" if accelerator == "gpu" else "tpu"}

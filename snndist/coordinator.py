@@ -1,0 +1,147 @@
+"""The coordinator: owns a distributed run from the driver. Ray only, no JAX.
+
+Each step it plans the global batch into one shard per worker, sends each
+worker its shard's indices, and either averages the gradients the workers
+return (``train.grad_sync: coordinator``) or lets the workers' jitted step
+average them with XLA collectives (``xla``). It satisfies the runner
+interface of ``loop.fit``.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from snndist import cluster
+from snndist.config import Config
+from snndist.data.order import plan_shards
+from snndist.errors import WorkerError, WorkerLost
+from snndist.metrics import Metrics, weighted_mean, weighted_tree_mean
+from snndist.worker import Worker
+
+SHUTDOWN_TIMEOUT_S = 30
+
+
+class RayRunner:
+    def __init__(self, cfg: Config, run_name: str, say=print):
+        self.cfg, self.say = cfg, say
+        self.started_ray = cluster.connect(cfg.cluster.address)
+        self.reservation = None
+        self.workers: list = []
+        try:
+            self._start(run_name)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, run_name: str) -> None:
+        t, c = self.cfg.train, self.cfg.cluster
+        self.reservation = cluster.reserve(t, c)
+        accelerator = self.reservation.accelerator
+        actor = ray.remote(Worker)
+        for rank in range(t.workers):
+            options = dict(
+                name=f"snndist-{run_name}-rank{rank}", num_cpus=c.cpus_per_worker, max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.reservation.group, rank),
+                runtime_env={"env_vars": cluster.worker_env(accelerator, c.devices_per_worker, c.cpus_per_worker)})
+            if accelerator == "gpu":
+                options["num_gpus"] = c.devices_per_worker
+            elif accelerator == "tpu":
+                options["resources"] = {"TPU": c.devices_per_worker}
+            self.workers.append(actor.options(**options).remote(self.cfg.to_dict(), rank, t.workers, accelerator))
+        address = None
+        if t.grad_sync == "xla":
+            address = self._gather([self.workers[0].address.remote()], ranks=[0])[0]
+        infos = self._gather([w.setup.remote(address) for w in self.workers])
+        self.local_devices = infos[0]["local_devices"]
+        self.num_samples = infos[0]["num_samples"]
+        self.say(f"{t.workers} worker(s) x {self.local_devices} {infos[0]['platform']} device(s), "
+                 f"gradient sync: {t.grad_sync}")
+        self.steps_done = 0
+        self.grad_sync_s = 0.0
+
+    # ------------------------------------------------------------------ runner interface
+    def step(self, indices: np.ndarray) -> Metrics:
+        shards = plan_shards(indices, len(self.workers), self.local_devices)
+        if self.cfg.train.grad_sync == "xla":
+            metrics = self._gather([w.train_step.remote(s) for w, s in zip(self.workers, shards)])[0]
+        else:
+            metrics = self._coordinated_step(shards)
+        self.steps_done += 1
+        if self.cfg.train.grad_sync == "coordinator" and self.steps_done % self.cfg.train.drift_check_every == 0:
+            self.check_replicas()
+        return metrics
+
+    def _coordinated_step(self, shards) -> Metrics:
+        results = self._gather([w.grads.remote(s) for w, s in zip(self.workers, shards)])
+        began = time.perf_counter()
+        counts = [float(s.weights.sum()) for s in shards]
+        grads = weighted_tree_mean([g for g, _ in results], counts)
+        metrics = weighted_mean([m for _, m in results], counts)
+        grads_ref = ray.put(grads)
+        updates = self._gather([w.apply.remote(grads_ref, float(metrics["train/loss"])) for w in self.workers])
+        metrics.update(updates[0])
+        metrics["perf/grad_sync_s"] = time.perf_counter() - began
+        return metrics
+
+    def evaluate(self, split: str) -> Metrics:
+        results = self._gather([w.evaluate.remote(split) for w in self.workers])
+        if self.cfg.train.grad_sync == "xla":
+            return results[0][0]  # the collective result, the same on every worker
+        return weighted_mean([m for m, _ in results], [n for _, n in results])
+
+    def params(self) -> dict:
+        return self._gather([self.workers[0].params.remote()], ranks=[0])[0]
+
+    def check_replicas(self) -> None:
+        """Every replica must hold bitwise the same parameters (coordinator sync)."""
+        digests = self._gather([w.digest.remote() for w in self.workers])
+        if len(set(digests)) > 1:
+            odd = [r for r, d in enumerate(digests) if d != digests[0]]
+            raise WorkerError(odd[0], f"replica parameters drifted from worker 0's at step {self.steps_done}")
+
+    def close(self) -> None:
+        """Leave the jax.distributed group, end the actors, free the resources; bounded in time."""
+        if self.workers:
+            done, pending = ray.wait([w.shutdown.remote() for w in self.workers], num_returns=len(self.workers),
+                                     timeout=SHUTDOWN_TIMEOUT_S)
+            if pending:
+                self.say(f"warning: {len(pending)} worker(s) did not leave the jax.distributed group within "
+                         f"{SHUTDOWN_TIMEOUT_S} s (a peer probably died mid-collective); killing them")
+            for w in self.workers:
+                ray.kill(w)
+            self.workers = []
+        if self.reservation is not None:
+            cluster.release(self.reservation)
+            self.reservation = None
+        if self.started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    # ------------------------------------------------------------------ failures
+    def _gather(self, refs: list, ranks: list[int] | None = None) -> list:
+        """``ray.get`` with the step timeout, turning failures into typed errors with the rank."""
+        ranks = list(range(len(refs))) if ranks is None else ranks
+        rank_of = {ref: r for ref, r in zip(refs, ranks)}
+        deadline = time.monotonic() + self.cfg.train.step_timeout_s
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = sorted(rank_of[r] for r in pending)
+                raise WorkerLost(late[0], f"no answer within train.step_timeout_s="
+                                          f"{self.cfg.train.step_timeout_s:g} s (ranks {late} still busy)")
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayTaskError as err:
+                cause = err.cause if err.cause is not None else err
+                raise WorkerError(rank_of[ready[0]], f"{type(cause).__name__}: {_one_line(cause)}") from None
+            except ray.exceptions.RayActorError as err:
+                raise WorkerLost(rank_of[ready[0]], _one_line(err)[:300]) from None
+        return ray.get(refs)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [l for l in str(err).strip().splitlines() if l.strip()]
+    return lines[-1].strip() if lines else type(err).__name__

@@ -1,0 +1,75 @@
+"""The Ray worker actor: a thin shell around one ``Replica``.
+
+It imports JAX only inside its methods, after Ray has started its process
+with the environment of ``cluster.worker_env`` (host device count, threads).
+"""
+from __future__ import annotations
+
+import socket
+
+from snndist.config import from_dict
+from snndist.data.order import Shard
+
+
+class Worker:
+    def __init__(self, config: dict, rank: int, workers: int, accelerator: str):
+        self.cfg = from_dict(config).validate()
+        self.rank, self.workers, self.accelerator = rank, workers, accelerator
+        self.replica = None
+        self.distributed = False
+
+    def address(self) -> str:
+        """``ip:port`` for the ``jax.distributed`` coordinator (worker 0 hosts it)."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"{ray.util.get_node_ip_address()}:{port}"
+
+    def setup(self, coordinator_address: str | None = None) -> dict:
+        """Build the replica: over this process's devices, or over every worker's (XLA sync)."""
+        import jax
+
+        from snndist.replica import Replica
+        from snndist.step import Layout
+
+        if coordinator_address:
+            local_ids = list(range(self.cfg.cluster.devices_per_worker)) if self.accelerator == "gpu" else None
+            jax.distributed.initialize(coordinator_address, num_processes=self.workers, process_id=self.rank,
+                                       local_device_ids=local_ids,
+                                       initialization_timeout=int(self.cfg.cluster.resource_timeout_s))
+            self.distributed = True
+            devices = jax.devices()
+        else:
+            devices = jax.local_devices()
+        self.replica = Replica(self.cfg, Layout.over(devices))
+        return {"rank": self.rank, "local_devices": self.replica.local_devices, "mesh": self.replica.layout.size,
+                "platform": devices[0].platform, "num_samples": self.replica.num_samples("train")}
+
+    def train_step(self, shard: Shard) -> dict:
+        from snndist.step import to_host
+
+        return to_host(self.replica.train_step(shard))
+
+    def grads(self, shard: Shard):
+        return self.replica.grads(shard)
+
+    def apply(self, grads: dict, loss: float) -> dict:
+        return self.replica.apply(grads, loss)
+
+    def evaluate(self, split: str):
+        return self.replica.evaluate(split, self.rank, self.workers)
+
+    def digest(self) -> str:
+        return self.replica.digest()
+
+    def params(self) -> dict:
+        return self.replica.params()
+
+    def shutdown(self) -> None:
+        if self.distributed:
+            import jax
+
+            jax.distributed.shutdown()
+            self.distributed = False
