@@ -92,6 +92,14 @@ class RayRunner:
             return results[0][0]  # the collective result, the same on every worker
         return weighted_mean([m for m, _ in results], [n for _, n in results])
 
+    def gradient(self, indices: np.ndarray) -> dict:
+        """The mean loss gradient over ``indices`` at the current parameters (no update)."""
+        shards = plan_shards(indices, len(self.workers), self.local_devices)
+        results = self._gather([w.grads.remote(s) for w, s in zip(self.workers, shards)])
+        if self.cfg.train.grad_sync == "xla":
+            return results[0][0]  # computed over the global mesh: already the mean
+        return weighted_tree_mean([g for g, _ in results], [float(s.weights.sum()) for s in shards])
+
     def params(self) -> dict:
         return self._gather([self.workers[0].params.remote()], ranks=[0])[0]
 

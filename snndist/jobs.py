@@ -166,6 +166,8 @@ def cluster_errors(address: str, job_id: str | None = None,
         text = _first_line(str(err))
         if job_id and "status code 404" in text:
             raise _unknown_job(address, job_id) from None
+        if "WebSocket" in text:
+            raise ClusterError(f"lost the log stream from the Ray cluster at {address}: {text}") from None
         if "Version check returned 404" in text or "Jobs API is not supported" in text:
             raise ClusterError(f"{address} does not serve Ray's job API "
                                f"(expected the Ray dashboard, http://HOST:8265)") from None
@@ -345,8 +347,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         status = client.wait(job_id, ("RUNNING",), START_TIMEOUT_S)
         if status in ("FAILED", "STOPPED"):
             message = _first_line(client.info(job_id).message or "")
-            raise ClusterError(f"job {job_id} {status.lower()} before it started training: "
-                               f"{message} (see `snndist logs {job_id}`)")
+            raise ClusterError(f"job {job_id} {status.lower()}: {message} "
+                               f"(see `snndist logs {job_id} --address {address}`)")
     if status == "PENDING":
         print(f"snndist: job {job_id} is still pending after {START_TIMEOUT_S:.0f} s",
               file=sys.stderr)

@@ -11,10 +11,10 @@ from snndist.step import Layout
 
 
 class LocalRunner:
-    """``step(indices)`` trains on those samples, split over every local device."""
+    """``step(indices)`` trains on those samples, split over the first ``devices`` local devices (all: None)."""
 
-    def __init__(self, cfg: Config):
-        self.replica = Replica(cfg, Layout.over(jax.local_devices()))
+    def __init__(self, cfg: Config, devices: int | None = None):
+        self.replica = Replica(cfg, Layout.over(jax.local_devices()[:devices]))
         self.num_samples = self.replica.num_samples("train")
 
     def step(self, indices) -> Metrics:
@@ -23,6 +23,10 @@ class LocalRunner:
 
     def evaluate(self, split: str) -> Metrics:
         return self.replica.evaluate(split)[0]
+
+    def gradient(self, indices) -> dict:
+        """The mean loss gradient over ``indices`` at the current parameters (no update)."""
+        return self.replica.grads(plan_shards(indices, 1, self.replica.local_devices)[0])[0]
 
     def params(self) -> dict:
         return self.replica.params()

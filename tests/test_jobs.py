@@ -317,6 +317,30 @@ def test_bad_config_fails_before_contacting_cluster(cluster):
     assert "train.bogus" in _one_line_error(result, code=2)
 
 
+def test_entrypoint_and_runtime_env(tmp_path, monkeypatch):
+    """What submit sends, without a cluster: quoted pieces, this snndist, no environment."""
+    import shlex
+
+    from snndist.errors import ConfigError
+    from snndist.jobs import build_entrypoint, build_runtime_env, config_in_working_dir
+
+    monkeypatch.setenv("WANDB_API_KEY", "marker-not-sent")
+    entry = build_entrypoint("cfg dir/t.yaml", ["train.lr=1e-3", "model.layers[0]={size: 8}"],
+                             "/runs/my run", local=True)
+    assert shlex.split(entry) == ["python", "-m", "snndist", "train", "--config", "cfg dir/t.yaml",
+                                  "--set", "train.lr=1e-3", "--set", "model.layers[0]={size: 8}",
+                                  "--run-dir", "/runs/my run", "--local"]
+    env = build_runtime_env(tmp_path, ["tqdm==4.67.1"])
+    assert env == {"working_dir": str(tmp_path), "py_modules": [str(REPO / "snndist")],
+                   "pip": ["tqdm==4.67.1"]}
+    assert "marker-not-sent" not in repr(env) + entry
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("{}\n")
+    assert config_in_working_dir(tmp_path / "sub" / "c.yaml", tmp_path) == "sub/c.yaml"
+    with pytest.raises(ConfigError, match="inside --working-dir"):
+        config_in_working_dir(REPO / TUTORIAL, tmp_path)
+
+
 def test_config_outside_working_dir(cluster, tmp_path):
     result = snndist("submit", "--address", cluster.address, "--config", TUTORIAL,
                      "--working-dir", str(tmp_path), "--local", env=cluster.env)

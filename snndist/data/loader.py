@@ -38,6 +38,10 @@ class SampleLoader:
     def load(self, indices: np.ndarray):
         """``(x, y)`` for ``indices``: ``SpikeEvents`` or a dense bool raster, and labels."""
         indices = np.asarray(indices)
+        size = len(self.dataset)
+        if indices.size and (indices.min() < 0 or indices.max() >= size):
+            bad = indices[(indices < 0) | (indices >= size)][0]
+            raise IndexError(f"sample index {bad} out of range [0, {size})")
         if self._cache is None:
             return self._encode(*self.dataset.load(indices))
         x, y, loaded = self._cache
