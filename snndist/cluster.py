@@ -67,16 +67,25 @@ def release(reservation: Reservation) -> None:
     remove_placement_group(reservation.group)
 
 
-def worker_env(accelerator: str, devices: int, cpus: int) -> dict[str, str]:
+def worker_env(accelerator: str, devices: int) -> dict[str, str]:
     """Environment a worker needs before it imports JAX.
 
-    CPU workers get ``devices`` host devices and, when held to one core, a
-    single-threaded XLA. GPU workers see the GPUs Ray assigned them through
-    CUDA_VISIBLE_DEVICES, which Ray sets; JAX numbers them from 0.
+    CPU workers get ``devices`` host devices. GPU workers see the GPUs Ray
+    assigned them through CUDA_VISIBLE_DEVICES, which Ray sets; JAX numbers
+    them from 0.
     """
     if accelerator == "cpu":
-        flags = [f"--xla_force_host_platform_device_count={devices}"]
-        if cpus == 1:
-            flags += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
-        return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags)}
+        return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     return {"JAX_PLATFORMS": "cuda" if accelerator == "gpu" else "tpu"}
+
+
+def pin_to_cores(rank: int, cpus: int) -> list[int]:
+    """Confine this process to ``cpus`` cores chosen by ``rank``; XLA then sizes its thread pool to them.
+
+    (XLA's CPU flags for single-threaded Eigen left it using every core here;
+    the affinity mask is what its thread pool reads.)
+    """
+    available = sorted(os.sched_getaffinity(0))
+    cores = [available[(rank * cpus + i) % len(available)] for i in range(cpus)]
+    os.sched_setaffinity(0, cores)
+    return cores

@@ -136,6 +136,7 @@ class ClusterConfig:
     address: Optional[str] = None  # None: RAY_ADDRESS, else a local Ray instance (what ray.init takes)
     accelerator: str = "auto"  # cpu | gpu | tpu | auto: gpu or tpu if the cluster has them
     cpus_per_worker: int = 1
+    pin_cpus: bool = False  # CPU workers: confine each to cpus_per_worker cores (XLA uses every core it sees)
     devices_per_worker: int = 1  # GPUs or TPU chips; on CPU, host devices XLA exposes per worker
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_SPREAD
     resource_timeout_s: float = 60.0  # how long to wait for the workers' resources

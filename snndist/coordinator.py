@@ -30,6 +30,7 @@ class RayRunner:
         self.started_ray = cluster.connect(cfg.cluster.address)
         self.reservation = None
         self.workers: list = []
+        self.failed = False
         try:
             self._start(run_name)
         except BaseException:
@@ -45,16 +46,18 @@ class RayRunner:
             options = dict(
                 name=f"snndist-{run_name}-rank{rank}", num_cpus=c.cpus_per_worker, max_restarts=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.reservation.group, rank),
-                runtime_env={"env_vars": cluster.worker_env(accelerator, c.devices_per_worker, c.cpus_per_worker)})
+                runtime_env={"env_vars": cluster.worker_env(accelerator, c.devices_per_worker)})
             if accelerator == "gpu":
                 options["num_gpus"] = c.devices_per_worker
             elif accelerator == "tpu":
                 options["resources"] = {"TPU": c.devices_per_worker}
             self.workers.append(actor.options(**options).remote(self.cfg.to_dict(), rank, t.workers, accelerator))
         address = None
+        # Starting takes process spawns, imports and compiles: the step timeout plus the resource wait.
+        timeout = t.step_timeout_s + c.resource_timeout_s
         if t.grad_sync == "xla":
-            address = self._gather([self.workers[0].address.remote()], ranks=[0])[0]
-        infos = self._gather([w.setup.remote(address) for w in self.workers])
+            address = self._gather([self.workers[0].address.remote()], ranks=[0], timeout=timeout)[0]
+        infos = self._gather([w.setup.remote(address) for w in self.workers], timeout=timeout)
         self.local_devices = infos[0]["local_devices"]
         self.num_samples = infos[0]["num_samples"]
         self.say(f"{t.workers} worker(s) x {self.local_devices} {infos[0]['platform']} device(s), "
@@ -65,7 +68,7 @@ class RayRunner:
     # ------------------------------------------------------------------ runner interface
     def step(self, indices: np.ndarray) -> Metrics:
         shards = plan_shards(indices, len(self.workers), self.local_devices)
-        if self.cfg.train.grad_sync == "xla":
+        if self.cfg.train.grad_sync == "xla" or len(self.workers) == 1:  # one worker: nothing to average
             metrics = self._gather([w.train_step.remote(s) for w, s in zip(self.workers, shards)])[0]
         else:
             metrics = self._coordinated_step(shards)
@@ -112,6 +115,12 @@ class RayRunner:
 
     def close(self) -> None:
         """Leave the jax.distributed group, end the actors, free the resources; bounded in time."""
+        if self.workers and self.failed:
+            # A peer died or hung: the others may be stuck in a collective and
+            # would never answer a polite shutdown.
+            for w in self.workers:
+                ray.kill(w)
+            self.workers = []
         if self.workers:
             done, pending = ray.wait([w.shutdown.remote() for w in self.workers], num_returns=len(self.workers),
                                      timeout=SHUTDOWN_TIMEOUT_S)
@@ -128,24 +137,28 @@ class RayRunner:
             ray.shutdown()
 
     # ------------------------------------------------------------------ failures
-    def _gather(self, refs: list, ranks: list[int] | None = None) -> list:
+    def _gather(self, refs: list, ranks: list[int] | None = None, timeout: float | None = None) -> list:
         """``ray.get`` with the step timeout, turning failures into typed errors with the rank."""
         ranks = list(range(len(refs))) if ranks is None else ranks
         rank_of = {ref: r for ref, r in zip(refs, ranks)}
-        deadline = time.monotonic() + self.cfg.train.step_timeout_s
+        timeout = self.cfg.train.step_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
+                self.failed = True
                 late = sorted(rank_of[r] for r in pending)
-                raise WorkerLost(late[0], f"no answer within train.step_timeout_s="
-                                          f"{self.cfg.train.step_timeout_s:g} s (ranks {late} still busy)")
+                raise WorkerLost(late[0], f"no answer within {timeout:g} s (train.step_timeout_s="
+                                          f"{self.cfg.train.step_timeout_s:g}; ranks {late} still busy)")
             try:
                 ray.get(ready[0])
             except ray.exceptions.RayTaskError as err:
+                self.failed = True
                 cause = err.cause if err.cause is not None else err
                 raise WorkerError(rank_of[ready[0]], f"{type(cause).__name__}: {_one_line(cause)}") from None
             except ray.exceptions.RayActorError as err:
+                self.failed = True
                 raise WorkerLost(rank_of[ready[0]], _one_line(err)[:300]) from None
         return ray.get(refs)
 

@@ -99,11 +99,35 @@ def make_init(layout: Layout, init_params_fn, optimizer: optax.GradientTransform
     return jax.jit(lambda key: init_state(init_params_fn(key), optimizer), out_shardings=layout.replicated)
 
 
+def _per_device(fn, layout: Layout):
+    """Run ``fn(params, x, y, weights) -> (means, metrics)`` on each device's rows, then combine.
+
+    Each device computes means over its own real samples; one all-reduce then
+    weights them by sample count (``count/`` metrics are summed). Explicit,
+    because left to itself XLA's partitioner reduced the recurrent weights'
+    gradient across devices inside the backward time loop, once per step of T.
+    """
+    def on_device(params, x, y, weights):
+        means, metrics = fn(params, x, y, weights)
+        count = jnp.sum(weights)
+        share = count / jnp.maximum(jax.lax.psum(count, DATA_AXIS), 1.0)
+        means = jax.tree.map(lambda m: jax.lax.psum(m * share, DATA_AXIS), means)
+        metrics = {k: jax.lax.psum(v if k.startswith("count/") else v * share, DATA_AXIS) for k, v in metrics.items()}
+        return means, metrics
+
+    data, whole = PartitionSpec(DATA_AXIS), PartitionSpec()
+    # check_vma off: the time loop starts from zeros that do not vary by device while its
+    # carry does; the psums above make every output the same on all devices.
+    return jax.shard_map(on_device, mesh=layout.mesh, in_specs=(whole, data, data, data), out_specs=(whole, whole),
+                         check_vma=False)
+
+
 def make_train_step(spec: NetworkSpec, optimizer, schedule, layout: Layout):
     """``train_step(state, x, y, weights) -> (state, metrics)``; ``state`` is donated."""
+    grads_fn = _per_device(lambda p, x, y, w: compute_grads(p, x, y, w, spec), layout)
 
     def train_step(state: TrainState, x, y, weights):
-        grads, metrics = compute_grads(state.params, x, y, weights, spec)
+        grads, metrics = grads_fn(state.params, x, y, weights)
         state, update_metrics = apply_grads(state, grads, metrics["train/loss"], optimizer, schedule)
         return state, {**metrics, **update_metrics}
 
@@ -114,7 +138,7 @@ def make_train_step(spec: NetworkSpec, optimizer, schedule, layout: Layout):
 def make_grad_step(spec: NetworkSpec, layout: Layout):
     """``grad_step(params, x, y, weights) -> (grads, metrics)``: the first half of a step."""
     r, b = layout.replicated, layout.batch
-    return jax.jit(lambda p, x, y, w: compute_grads(p, x, y, w, spec),
+    return jax.jit(_per_device(lambda p, x, y, w: compute_grads(p, x, y, w, spec), layout),
                    in_shardings=(r, b, b, b), out_shardings=(r, r))
 
 
@@ -128,7 +152,8 @@ def make_apply_step(optimizer, schedule, layout: Layout):
 def make_eval_step(spec: NetworkSpec, layout: Layout):
     """``eval_step(params, x, y, weights) -> metrics`` (names under ``eval/``)."""
     r, b = layout.replicated, layout.batch
-    return jax.jit(lambda p, x, y, w: eval_metrics(p, x, y, w, spec), in_shardings=(r, b, b, b), out_shardings=r)
+    metrics_fn = _per_device(lambda p, x, y, w: ({}, eval_metrics(p, x, y, w, spec)), layout)
+    return jax.jit(lambda p, x, y, w: metrics_fn(p, x, y, w)[1], in_shardings=(r, b, b, b), out_shardings=r)
 
 
 def to_host(tree):

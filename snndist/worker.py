@@ -17,6 +17,10 @@ class Worker:
         self.rank, self.workers, self.accelerator = rank, workers, accelerator
         self.replica = None
         self.distributed = False
+        if accelerator == "cpu" and self.cfg.cluster.pin_cpus:
+            from snndist.cluster import pin_to_cores
+
+            pin_to_cores(rank, self.cfg.cluster.cpus_per_worker)
 
     def address(self) -> str:
         """``ip:port`` for the ``jax.distributed`` coordinator (worker 0 hosts it)."""

@@ -1,4 +1,6 @@
 """Distributed training on a real local Ray instance: topology does not change the result."""
+import time
+
 import numpy as np
 import pytest
 import ray
@@ -6,7 +8,7 @@ import ray
 from snndist.config import load_config
 from snndist.coordinator import RayRunner
 from snndist.data.order import batch_indices
-from snndist.errors import ClusterError, WorkerError
+from snndist.errors import ClusterError, WorkerError, WorkerLost
 from snndist.local import LocalRunner
 
 # 27 samples: uneven over 2 workers (14 + 13) and over 4 devices (7, 7, 7, 6).
@@ -104,3 +106,29 @@ def test_too_many_workers_is_a_clear_error(local_ray):
     with pytest.raises(ClusterError, match="could not be placed within cluster.resource_timeout_s=3"):
         RayRunner(cfg, "one-node", say=lambda _: None)
     assert ray.available_resources().get("CPU") == 4, "a failed start must release what it reserved"
+
+
+def test_a_step_past_its_timeout_is_an_error(local_ray):
+    # The first step compiles, which takes far longer than 0.05 s.
+    cfg = load_config("configs/tutorial.yaml", BASE + ["train.workers=2", "train.step_timeout_s=0.05"])
+    runner = RayRunner(cfg, "slow", say=lambda _: None)
+    try:
+        with pytest.raises(WorkerLost, match=r"no answer within 0.05 s"):
+            runner.step(np.arange(27))
+    finally:
+        runner.close()
+
+
+def test_a_dead_peer_does_not_hang_the_xla_group(local_ray):
+    cfg = load_config("configs/tutorial.yaml", BASE + ["train.workers=2", "train.grad_sync=xla",
+                                                       "train.step_timeout_s=60"])
+    runner = RayRunner(cfg, "dead-peer", say=lambda _: None)
+    try:
+        runner.step(np.arange(27))
+        ray.kill(runner.workers[1])
+        began = time.monotonic()
+        with pytest.raises(WorkerLost, match="worker 1 lost"):
+            runner.step(np.arange(27))
+    finally:
+        runner.close()
+    assert time.monotonic() - began < 90, "close() must give up on the survivor's collective"

@@ -15,6 +15,7 @@ from snndist.config import DataConfig
 from snndist.data.events import bernoulli_capacity
 
 _SPLIT_IDS = {"train": 0, "test": 1}
+_CHUNK = 32  # samples made per call of the jitted generator
 
 
 class SyntheticSpikes:
@@ -43,8 +44,13 @@ class SyntheticSpikes:
         indices = np.asarray(indices)
         if indices.size and (indices.min() < 0 or indices.max() >= self._size):
             raise IndexError(f"sample index out of range [0, {self._size})")
-        x, y = self._make(self._key, jnp.asarray(indices, jnp.uint32))
-        return np.asarray(x), np.asarray(y)
+        # Fixed-size chunks: each new count of indices would otherwise compile anew.
+        padded = np.resize(indices, -(-indices.size // _CHUNK) * _CHUNK)
+        parts = [self._make(self._key, jnp.asarray(padded[i:i + _CHUNK], jnp.uint32))
+                 for i in range(0, padded.size, _CHUNK)]
+        x = np.concatenate([np.asarray(p[0]) for p in parts])[:indices.size]
+        y = np.concatenate([np.asarray(p[1]) for p in parts])[:indices.size]
+        return x, y
 
 
 def _sample(key, index, *, timesteps, num_inputs, num_classes, p):
