@@ -95,21 +95,19 @@ class Trace(NamedTuple):
 
 
 def input_drive(x: jax.Array | SpikeEvents, w: jax.Array, b: jax.Array, timesteps: int) -> jax.Array:
-    """``W x_t + b`` for every step, time-major ``[T, batch, h]``, from dense or event input.
-
-    Both forms keep the batch axis whole (no ``T * batch`` flattening), so a
-    batch sharded over devices stays sharded: a merged axis made XLA gather
-    the whole batch onto every device.
-    """
+    """``W x_t + b`` for every step, time-major ``[T, batch, h]``, from dense or event input."""
     if isinstance(x, SpikeEvents):
         # Per sample: W[unit] added at row t of a [T, h] drive; padding (t = T) is dropped.
         def one_sample(times, units):
             return jnp.zeros((timesteps, w.shape[1]), w.dtype).at[times].add(w[units], mode="drop")
 
-        drive = jax.vmap(one_sample)(x.times, x.units)
-    else:
-        drive = x.astype(w.dtype) @ w
-    return drive.transpose(1, 0, 2) + b[None, None, :]
+        return jax.vmap(one_sample)(x.times, x.units).transpose(1, 0, 2) + b[None, None, :]
+    # Time-major first, then one plain 2-D matmul: on CPU 1.2-1.8x faster than
+    # batched forms. (Flattening T and batch would make XLA's partitioner
+    # gather a sharded batch; the steps run this per device, in shard_map.)
+    batch, steps, n = x.shape
+    x2d = x.transpose(1, 0, 2).reshape(steps * batch, n).astype(w.dtype)
+    return (x2d @ w).reshape(steps, batch, -1) + b[None, None, :]
 
 
 def forward(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec) -> Trace:
