@@ -127,8 +127,20 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    mode: Optional[str] = None  # online | offline | disabled; None: offline unless WANDB_API_KEY is set
+    project: str = "snndist"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: tuple[str, ...] = ()
+    name: Optional[str] = None  # None: the run directory's name
+    images_every: int = 500  # steps between spike-raster / voltage / readout images; 0: off
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     log_every: int = 100  # steps between metrics.jsonl lines (and progress lines)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass(frozen=True)
@@ -383,6 +395,10 @@ def _validate(cfg: Config) -> None:
     _check(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "must be > 0")
     _check(cfg.checkpoint.keep > 0, "checkpoint.keep", cfg.checkpoint.keep, "must be > 0")
     _check(cfg.logging.log_every > 0, "logging.log_every", cfg.logging.log_every, "must be > 0")
+    w = cfg.logging.wandb
+    if w.mode is not None:
+        _one_of("logging.wandb.mode", w.mode, ("online", "offline", "disabled"))
+    _check(w.images_every >= 0, "logging.wandb.images_every", w.images_every, "must be >= 0 (0: off)")
     c = cfg.cluster
     _check(c.cpus_per_worker > 0, "cluster.cpus_per_worker", c.cpus_per_worker, "must be > 0")
     _check(c.devices_per_worker > 0, "cluster.devices_per_worker", c.devices_per_worker, "must be > 0")
