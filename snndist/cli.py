@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train in this process, without Ray (default: Ray workers, train.workers of them, "
                             "on cluster.address, RAY_ADDRESS, or a local Ray instance started for the run)")
     train.set_defaults(func=cmd_train)
+
+    from snndist.jobs import add_job_commands
+
+    add_job_commands(commands)
     return parser
 
 

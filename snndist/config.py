@@ -112,6 +112,9 @@ class TrainConfig:
     seed: int = 0  # parameter initialisation and sample order
     workers: int = 1  # Ray worker actors, each a replica over its devices
     grad_sync: str = "coordinator"  # coordinator: mean on the driver | xla: collectives in the step
+    max_failures: int = 3  # worker deaths and step timeouts recovered from checkpoints before giving up
+    max_bad_steps: int = 10  # non-finite steps in a row before the run stops
+    debug_nan_steps: tuple[int, ...] = ()  # fault injection for tests: these steps' gradients become NaN
     step_timeout_s: float = 600.0  # a step (the first one compiles) that takes longer is a lost worker
     drift_check_every: int = 100  # coordinator sync: compare replicas' parameters every N steps
     eval_every: int = 0  # steps; 0: only at the end
@@ -122,8 +125,11 @@ class TrainConfig:
 # ------------------------------------------------------------ checkpoint, logging, cluster
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every_steps: int = 500
-    keep: int = 3
+    every_steps: int = 500  # and always at the end, and on SIGTERM/SIGINT
+    keep: int = 3  # the latest N
+    keep_best: int = 0  # and the best N by best_metric (0: off)
+    best_metric: str = "eval/loss"
+    best_mode: str = "min"  # min | max
 
 
 @dataclass(frozen=True)
@@ -394,6 +400,10 @@ def _validate(cfg: Config) -> None:
 
     _check(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "must be > 0")
     _check(cfg.checkpoint.keep > 0, "checkpoint.keep", cfg.checkpoint.keep, "must be > 0")
+    _check(cfg.checkpoint.keep_best >= 0, "checkpoint.keep_best", cfg.checkpoint.keep_best, "must be >= 0")
+    _one_of("checkpoint.best_mode", cfg.checkpoint.best_mode, ("min", "max"))
+    _check(t.max_failures >= 0, "train.max_failures", t.max_failures, "must be >= 0")
+    _check(t.max_bad_steps > 0, "train.max_bad_steps", t.max_bad_steps, "must be > 0")
     _check(cfg.logging.log_every > 0, "logging.log_every", cfg.logging.log_every, "must be > 0")
     w = cfg.logging.wandb
     if w.mode is not None:

@@ -28,7 +28,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent  # the head must run this environment's ray and python
-CLI = [sys.executable, "/tmp/jobcli.py"]  # TEMP
+CLI = [sys.executable, "-m", "snndist"]
 TUTORIAL = "configs/tutorial.yaml"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -191,11 +191,11 @@ class Submitted:
 
 @pytest.fixture(scope="module")
 def tutorial_job(cluster, tmp_path_factory):
-    """The tutorial config, 200 steps, submitted with a W&B key in the environment."""
+    """The tutorial config, 200 steps on a Ray worker of the cluster, submitted with a W&B key in the environment."""
     run_dir = tmp_path_factory.mktemp("jobs") / "run"
     marker = f"marker-{secrets.token_hex(8)}"
     result = snndist("submit", "--address", cluster.address, "--config", TUTORIAL,
-                     "--set", "train.steps=200", "--set", "logging.log_every=50", "--local",
+                     "--set", "train.steps=200", "--set", "logging.log_every=50",
                      "--run-dir", str(run_dir), env={**cluster.env, "WANDB_API_KEY": marker})
     job_id = _job_id(_ok(result))
     return Submitted(job_id, run_dir, result, marker, _wait_terminal(cluster, job_id))
@@ -248,7 +248,7 @@ def test_ray_job_submit(cluster, tmp_path):
     result = subprocess.run(
         [str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.address, "--submission-id", job_id,
          "--working-dir", str(workdir), "--", "python", "-m", "snndist", "train", "--config",
-         "tutorial.yaml", "--local", "--set", "train.steps=100", "--run-dir", str(run_dir)],
+         "tutorial.yaml", "--set", "train.steps=100", "--run-dir", str(run_dir)],
         cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert _wait_terminal(cluster, job_id, timeout_s=60) == "SUCCEEDED"

@@ -1,0 +1,114 @@
+"""Checkpoints: Orbax ``CheckpointManager`` under ``RUN_DIR/checkpoints``.
+
+Each checkpoint is a Composite of three items: ``params`` (a plain pytree of
+arrays, restorable with Orbax alone), ``opt_state`` and ``meta`` (JSON: step,
+skipped steps, data position, config hash, W&B run id, topology, seeds).
+Only the coordinator writes; states travel as host arrays, so a checkpoint
+restores onto any topology. Saves are asynchronous: ``save`` returns once the
+arrays are handed to Orbax's writer thread.
+
+A checkpoint that cannot be read (killed mid-save, a truncated file) is
+skipped with a warning and, once an older one has been read, moved aside to
+``<step>.unreadable-<time>`` (never deleted), so that later saves of that
+step are not blocked. If none can be read, nothing is moved and it is an
+error.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from snndist.config import CheckpointConfig
+from snndist.errors import SnndistError
+
+ITEMS = ("params", "opt_state", "meta")
+
+
+class CheckpointError(SnndistError):
+    exit_code = 2
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, cfg: CheckpointConfig, say: Callable[[str], None] = print):
+        self.directory = (Path(run_dir) / "checkpoints").absolute()
+        self.say = say
+        keep: list = [policies.LatestN(cfg.keep)]
+        if cfg.keep_best:
+            keep.append(policies.BestN(get_metric_fn=lambda m: m[cfg.best_metric], n=cfg.keep_best,
+                                       reverse=cfg.best_mode == "min", keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(preservation_policy=policies.AnyPreservationPolicy(keep),
+                                               enable_async_checkpointing=True, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: dict, meta: dict, metrics: dict | None = None) -> float:
+        """Start an async save of ``state`` ({params, opt_state}); returns seconds the caller was blocked."""
+        began = time.perf_counter()
+        for leaf in _leaves(state["params"]):
+            if not np.all(np.isfinite(leaf)):
+                self.say(f"warning: not saving step {step}: parameters are not finite")
+                return time.perf_counter() - began
+        self.manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state["params"]), opt_state=ocp.args.StandardSave(state["opt_state"]),
+            meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+        return time.perf_counter() - began
+
+    def wait(self) -> None:
+        """Block until every save has committed."""
+        self.manager.wait_until_finished()
+
+    def restore_latest(self, exemplar: dict) -> tuple[dict, dict] | None:
+        """The newest readable checkpoint as (state, meta); None if there is none.
+
+        ``exemplar`` ({params, opt_state}, host arrays) gives the structure.
+        Raises CheckpointError when checkpoints exist but none can be read.
+        """
+        steps = self.steps()
+        unreadable = []
+        for step in reversed(steps):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(exemplar["params"]),
+                    opt_state=ocp.args.StandardRestore(exemplar["opt_state"]), meta=ocp.args.JsonRestore()))
+            except Exception as err:  # any unreadable part makes the whole checkpoint unusable
+                self.say(f"warning: checkpoint {self.directory / str(step)} is unreadable "
+                         f"({type(err).__name__}: {_short(err)}); trying an older one")
+                unreadable.append(step)
+                continue
+            # Only now, with a good one in hand, move the bad ones out of the way.
+            for bad in unreadable:
+                self._set_aside(bad)
+            return {"params": restored["params"], "opt_state": restored["opt_state"]}, dict(restored["meta"])
+        if steps:
+            raise CheckpointError(f"{self.directory}: none of the checkpoints {steps} can be read; "
+                                  "pass --restart to start the run over on purpose")
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        path = self.directory / str(step)
+        if path.exists():
+            path.rename(self.directory / f"{step}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.manager.reload()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _leaves(tree: Any) -> list:
+    if isinstance(tree, dict):
+        return [leaf for v in tree.values() for leaf in _leaves(v)]
+    if isinstance(tree, (list, tuple)):
+        return [leaf for v in tree for leaf in _leaves(v)]
+    return [np.asarray(tree)]
+
+
+def _short(err: Exception) -> str:
+    return " ".join(str(err).split())[:200]

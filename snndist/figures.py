@@ -1,0 +1,256 @@
+"""Figures of what a network does: spike rasters, voltages, readout, rates, loss.
+
+Pure functions of numpy arrays (jax arrays are converted) that return a
+``matplotlib.figure.Figure`` drawn on an Agg canvas: no pyplot state, no
+display, safe off the main thread. Figures are small (6 inches wide, dpi 100)
+so that logging them every few hundred steps stays cheap.
+
+``network_figures`` builds the named set that the W&B tracker logs::
+
+    images/input_raster, images/hidden_raster/<layer>, images/voltage/<layer>,
+    images/readout, images/rate_hist/<layer>
+
+with layers named ``hidden0``, ``hidden1``, ... as in ``snndist.network``.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+WIDTH_IN = 6.0
+HEIGHT_IN = 3.0
+DPI = 100
+MAX_VOLTAGE_NEURONS = 6
+
+
+def _figure(height: float = HEIGHT_IN, width: float = WIDTH_IN) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _array(x: Any, ndim: int, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == ndim - 1:
+        a = a[:, None] if ndim == 2 else a
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
+    return a
+
+
+def _time_ms(steps: int, dt_ms: float) -> np.ndarray:
+    return np.arange(steps) * dt_ms
+
+
+def spike_raster(spikes: Any, title: str = "spikes", dt_ms: float = 1.0) -> Figure:
+    """``spikes: [T, n]`` (bool or 0/1): one dot per spike at (time, neuron)."""
+    s = _array(spikes, 2, "spikes")
+    steps, n = s.shape
+    t, neuron = np.nonzero(s > 0)
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.scatter(t * dt_ms, neuron, s=4 if n > 20 else 12, marker="|" if n <= 20 else ".",
+               color="black", linewidths=1.0)
+    ax.set_xlim(-0.5 * dt_ms, steps * dt_ms)
+    ax.set_ylim(-0.5, n - 0.5)
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel("neuron")
+    ax.set_title(f"{title}  ({t.size} spikes, {n} neurons)", fontsize=10)
+    return fig
+
+
+def voltage_traces(voltages: Any, spikes: Any | None = None, threshold: float = 1.0, dt_ms: float = 1.0,
+                   title: str = "membrane voltage") -> Figure:
+    """``voltages: [T, k]`` (k up to ~8): one small panel per neuron, the
+    threshold dashed, spikes (``[T, k]``) marked with red ticks."""
+    v = _array(voltages, 2, "voltages").astype(np.float64)
+    steps, k = v.shape
+    s = None if spikes is None else _array(spikes, 2, "spikes")
+    if s is not None and s.shape != v.shape:
+        raise ValueError(f"spikes shape {s.shape} differs from voltages shape {v.shape}")
+    t = _time_ms(steps, dt_ms)
+    fig = _figure(height=max(HEIGHT_IN, 0.3 + 0.7 * k))
+    axes = fig.subplots(max(k, 1), 1, sharex=True, squeeze=False)[:, 0]
+    for i, ax in enumerate(axes):
+        if i >= k:
+            ax.text(0.5, 0.5, "no neurons", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.plot(t, v[:, i], lw=0.8, color="tab:blue")
+        ax.axhline(threshold, ls="--", lw=0.7, color="gray")
+        if s is not None:
+            when = t[s[:, i] > 0]
+            if when.size:
+                ax.plot(when, np.full(when.shape, threshold), "|", color="tab:red", ms=7, mew=1.2)
+        ax.set_ylabel(f"n{i}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[-1].set_xlabel("time (ms)")
+    axes[0].set_title(title, fontsize=10)
+    return fig
+
+
+def readout_traces(readout: Any, label: int | None = None, dt_ms: float = 1.0,
+                   title: str = "readout") -> Figure:
+    """``readout: [T, classes]``: one line per class; the label's class drawn thicker."""
+    o = _array(readout, 2, "readout").astype(np.float64)
+    steps, classes = o.shape
+    t = _time_ms(steps, dt_ms)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for c in range(classes):
+        is_label = label is not None and c == int(label)
+        ax.plot(t, o[:, c], lw=2.0 if is_label else 1.0, label=f"class {c}" + (" (label)" if is_label else ""))
+    if classes <= 10:
+        ax.legend(fontsize=7, loc="best")
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel("readout")
+    ax.set_title(title if label is None else f"{title}  (label {int(label)})", fontsize=10)
+    return fig
+
+
+def rate_histogram(rates_hz: Any, layer: str = "hidden") -> Figure:
+    """``rates_hz: [n]``: histogram of per-neuron firing rates."""
+    r = np.asarray(rates_hz, np.float64).reshape(-1)
+    r = r[np.isfinite(r)]
+    fig = _figure()
+    ax = fig.add_subplot()
+    if r.size:
+        ax.hist(r, bins=int(min(30, max(5, math.ceil(math.sqrt(r.size))))), color="tab:blue", edgecolor="white")
+        mean = f"mean {r.mean():.2f} Hz, silent {int((r == 0).sum())}/{r.size}"
+    else:
+        ax.text(0.5, 0.5, "no neurons", ha="center", va="center", transform=ax.transAxes)
+        mean = "empty"
+    ax.set_xlabel("firing rate (Hz)")
+    ax.set_ylabel("neurons")
+    ax.set_title(f"{layer} firing rates  ({mean})", fontsize=10)
+    return fig
+
+
+def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    steps, values = [], []
+    for row in rows:
+        v, step = row.get(key), row.get("step")
+        if step is None or v is None or isinstance(v, bool):
+            continue
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            steps.append(float(step))
+            values.append(v)
+    return np.asarray(steps), np.asarray(values)
+
+
+def loss_curve(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """From ``metrics.jsonl`` rows (``step``, ``train/loss``, optionally
+    ``eval/loss``, ``train/accuracy``, ``eval/accuracy``): loss (log scale
+    where every value is positive) and, if logged, accuracy against step."""
+    losses = {k: _series(rows, k) for k in ("train/loss", "eval/loss")}
+    accuracies = {k: _series(rows, k) for k in ("train/accuracy", "eval/accuracy")}
+    accuracies = {k: xy for k, xy in accuracies.items() if xy[0].size}
+    fig = _figure(width=WIDTH_IN if not accuracies else 8.0)
+    axes = fig.subplots(1, 2 if accuracies else 1, squeeze=False)[0]
+    ax = axes[0]
+    positive = True
+    for key, (x, y) in losses.items():
+        if x.size:
+            ax.plot(x, y, lw=1.0, marker="." if x.size < 50 else None, label=key)
+            positive &= bool((y > 0).all())
+    if not any(x.size for x, _ in losses.values()):
+        ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
+    else:
+        if positive:
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("loss", fontsize=10)
+    if accuracies:
+        ax = axes[1]
+        for key, (x, y) in accuracies.items():
+            ax.plot(x, y, lw=1.0, marker="." if x.size < 50 else None, label=key)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        ax.set_title("accuracy", fontsize=10)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def dense_from_events(events: Any, sample: int, timesteps: int, num_inputs: int) -> np.ndarray:
+    """One sample of ``SpikeEvents`` as a dense ``[T, n_in]`` bool raster (padding dropped)."""
+    times = np.asarray(events.times[sample])
+    units = np.asarray(events.units[sample])
+    keep = times < timesteps
+    dense = np.zeros((timesteps, num_inputs), bool)
+    dense[times[keep], units[keep]] = True
+    return dense
+
+
+def firing_rates_hz(spikes: Any, dt_ms: float) -> np.ndarray:
+    """``[T, batch, n]`` (or ``[T, n]``) spikes -> per-neuron rate in Hz, averaged over time and batch."""
+    s = np.asarray(spikes, np.float64)
+    s = s.reshape(s.shape[0], -1, s.shape[-1])
+    return s.mean(axis=(0, 1)) * (1000.0 / dt_ms)
+
+
+def network_figures(trace: Any, inputs: Any | None = None, sample: int = 0, dt_ms: float = 1.0,
+                    thresholds: Sequence[float] | None = None, label: int | None = None,
+                    max_voltage_neurons: int = MAX_VOLTAGE_NEURONS) -> dict[str, Figure]:
+    """The named figure set for one sample of a ``snndist.network.Trace``.
+
+    ``trace`` holds ``[T, batch, n]`` arrays (numpy or jax). ``inputs`` is the
+    sample's dense input raster ``[T, n_in]``, or the dense batch
+    ``[batch, T, n_in]`` as given to ``forward`` (``sample`` is taken); None
+    leaves out the input raster. ``thresholds`` (one per hidden layer, 1.0
+    where missing) are drawn on the voltage panels. Rate histograms use the
+    whole batch; everything else shows ``sample``.
+    """
+    figs: dict[str, Figure] = {}
+    if inputs is not None:
+        x = np.asarray(inputs)
+        if x.ndim == 3:
+            x = x[sample]
+        figs["images/input_raster"] = spike_raster(x, title="input spikes", dt_ms=dt_ms)
+    thresholds = list(thresholds or [])
+    for i, (v, s) in enumerate(zip(trace.voltages, trace.spikes)):
+        layer = f"hidden{i}"
+        v, s = np.asarray(v), np.asarray(s)
+        threshold = float(thresholds[i]) if i < len(thresholds) else 1.0
+        figs[f"images/hidden_raster/{layer}"] = spike_raster(s[:, sample], title=f"{layer} spikes", dt_ms=dt_ms)
+        k = min(max_voltage_neurons, v.shape[-1])
+        figs[f"images/voltage/{layer}"] = voltage_traces(v[:, sample, :k], s[:, sample, :k], threshold, dt_ms,
+                                                         title=f"{layer} membrane voltage (first {k})")
+        figs[f"images/rate_hist/{layer}"] = rate_histogram(firing_rates_hz(s, dt_ms), layer)
+    readout = np.asarray(trace.readout)[:, sample]
+    title = "readout"
+    logits = getattr(trace, "logits", None)
+    if logits is not None:
+        title = f"readout  (predicted {int(np.asarray(logits)[sample].argmax())})"
+    figs["images/readout"] = readout_traces(readout, label=label, dt_ms=dt_ms, title=title)
+    return figs
+
+
+def close(fig: Figure) -> None:
+    """Release a figure (also from pyplot's registry, if pyplot made it)."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
+    fig.clear()
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parents created) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, format="png", dpi=fig.dpi)
+    finally:
+        close(fig)
+    return path
