@@ -1,8 +1,10 @@
 """The ``snndist`` command line.
 
-    snndist train --config configs/tutorial.yaml --local
-    snndist train --config configs/tutorial.yaml --set train.steps=500 --set train.lr=1e-3 --local
-    snndist train --config configs/tutorial.yaml --run-dir runs/mine --local
+    snndist train --config configs/tutorial.yaml                      # on a local Ray instance
+    snndist train --config configs/tutorial.yaml --local              # in this process
+    snndist train --config configs/bench_shd.yaml --set train.workers=2 --set train.grad_sync=xla
+    snndist train --config configs/tutorial.yaml --address auto       # join a running cluster
+    snndist submit --address http://HEAD:8265 --config configs/tutorial.yaml
 
 Bad input (an unknown key, a wrong type, a value out of range, a missing
 file) exits with code 2 and one line that names the field and the problem.
@@ -35,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. train.steps=500 or model.layers[0].size=8 (repeatable)")
     train.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/<config>-<time>)")
+    train.add_argument("--address", metavar="ADDR",
+                       help="Ray cluster to join, as ray.init takes it: auto, HOST:6379, ray://HOST:10001 "
+                            "(sets cluster.address; default: RAY_ADDRESS, else a local instance)")
     train.add_argument("--local", action="store_true",
                        help="train in this process, without Ray (default: Ray workers, train.workers of them, "
                             "on cluster.address, RAY_ADDRESS, or a local Ray instance started for the run)")
@@ -50,7 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from snndist.config import load_config
     from snndist.rundir import create_run_dir, default_run_dir
 
-    cfg = load_config(args.config, args.set)
+    overrides = [*args.set, *([f"cluster.address={args.address}"] if args.address else [])]
+    cfg = load_config(args.config, overrides)
     run_dir = create_run_dir(args.run_dir or default_run_dir(args.config), cfg)
     print(f"run directory: {run_dir}", flush=True)
     say = lambda line: print(line, flush=True)

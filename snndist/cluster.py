@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import NamedTuple
 
 import ray
@@ -19,6 +20,8 @@ def connect(address: str | None) -> bool:
     if address and address.startswith("http"):
         raise ClusterError(f"cluster.address={address!r} is a dashboard URL, which `snndist submit` takes; "
                            "training needs what ray.init takes: auto, HOST:6379 or ray://HOST:10001")
+    if address and address != "auto":
+        _probe(address)
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
@@ -28,6 +31,17 @@ def connect(address: str | None) -> bool:
         raise ClusterError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "
                            f"{' '.join(str(err).split())[:300]}") from None
     return not address
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on an address nothing listens at: ``ray.init`` would retry for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"cluster address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}") from None
 
 
 class Reservation(NamedTuple):

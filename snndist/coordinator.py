@@ -17,7 +17,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from snndist import cluster
 from snndist.config import Config
 from snndist.data.order import plan_shards
-from snndist.errors import WorkerError, WorkerLost
+from snndist.errors import ClusterError, WorkerError, WorkerLost
 from snndist.metrics import Metrics, weighted_mean, weighted_tree_mean
 from snndist.worker import Worker
 
@@ -26,19 +26,23 @@ SHUTDOWN_TIMEOUT_S = 30
 
 class RayRunner:
     def __init__(self, cfg: Config, run_name: str, say=print):
-        self.cfg, self.say = cfg, say
+        self.cfg, self.say, self.run_name = cfg, say, run_name
         self.started_ray = cluster.connect(cfg.cluster.address)
         self.reservation = None
         self.workers: list = []
         self.failed = False
+        self.generation = 0  # worker groups started so far
         try:
-            self._start(run_name)
+            self._start()
         except BaseException:
             self.close()
             raise
 
-    def _start(self, run_name: str) -> None:
+    def _start(self) -> None:
         t, c = self.cfg.train, self.cfg.cluster
+        run_name = self.run_name if not self.generation else f"{self.run_name}-g{self.generation}"
+        self.generation += 1
+        self.failed = False
         self.reservation = cluster.reserve(t, c)
         accelerator = self.reservation.accelerator
         actor = ray.remote(Worker)
@@ -106,6 +110,35 @@ class RayRunner:
     def params(self) -> dict:
         return self._gather([self.workers[0].params.remote()], ranks=[0])[0]
 
+    def get_state(self) -> dict:
+        return self._gather([self.workers[0].host_state.remote()], ranks=[0])[0]
+
+    def set_state(self, state: dict) -> None:
+        ref = ray.put(state)
+        self._gather([w.load_state.remote(ref) for w in self.workers])
+
+    def restart(self) -> None:
+        """A new worker group in place of one that lost a member (its state: a fresh init)."""
+        self._stop_workers()
+        self._start()
+
+    def topology(self) -> dict:
+        t, c = self.cfg.train, self.cfg.cluster
+        return {"workers": t.workers, "devices_per_worker": c.devices_per_worker, "grad_sync": t.grad_sync}
+
+    def worker_pids(self) -> list[int]:
+        return self._gather([w.pid.remote() for w in self.workers])
+
+    def check_visible(self, path: str) -> None:
+        """On a multi-node cluster, refuse a run directory some worker's node cannot see."""
+        if len([n for n in ray.nodes() if n["Alive"]]) < 2:
+            return
+        missing = [r for r, seen in enumerate(self._gather([w.can_see.remote(path) for w in self.workers]))
+                   if not seen]
+        if missing:
+            raise ClusterError(f"{path} is not visible from worker {missing[0]}'s node: on a multi-node cluster "
+                               "the run directory must be on a shared filesystem")
+
     def check_replicas(self) -> None:
         """Every replica must hold bitwise the same parameters (coordinator sync)."""
         digests = self._gather([w.digest.remote() for w in self.workers])
@@ -115,6 +148,11 @@ class RayRunner:
 
     def close(self) -> None:
         """Leave the jax.distributed group, end the actors, free the resources; bounded in time."""
+        self._stop_workers()
+        if self.started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    def _stop_workers(self) -> None:
         if self.workers and self.failed:
             # A peer died or hung: the others may be stuck in a collective and
             # would never answer a polite shutdown.
@@ -133,8 +171,6 @@ class RayRunner:
         if self.reservation is not None:
             cluster.release(self.reservation)
             self.reservation = None
-        if self.started_ray and ray.is_initialized():
-            ray.shutdown()
 
     # ------------------------------------------------------------------ failures
     def _gather(self, refs: list, ranks: list[int] | None = None, timeout: float | None = None) -> list:

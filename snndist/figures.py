@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 WIDTH_IN = 6.0
 HEIGHT_IN = 3.0
@@ -59,6 +60,7 @@ def spike_raster(spikes: Any, title: str = "spikes", dt_ms: float = 1.0) -> Figu
                color="black", linewidths=1.0)
     ax.set_xlim(-0.5 * dt_ms, steps * dt_ms)
     ax.set_ylim(-0.5, n - 0.5)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("time (ms)")
     ax.set_ylabel("neuron")
     ax.set_title(f"{title}  ({t.size} spikes, {n} neurons)", fontsize=10)
@@ -235,6 +237,13 @@ def network_figures(trace: Any, inputs: Any | None = None, sample: int = 0, dt_m
         title = f"readout  (predicted {int(np.asarray(logits)[sample].argmax())})"
     figs["images/readout"] = readout_traces(readout, label=label, dt_ms=dt_ms, title=title)
     return figs
+
+
+def to_rgb(fig: Figure) -> np.ndarray:
+    """Render ``fig`` (Agg) to a ``[height, width, 3]`` uint8 array."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.array(canvas.buffer_rgba())[..., :3]
 
 
 def close(fig: Figure) -> None:

@@ -30,3 +30,12 @@ class LocalRunner:
 
     def params(self) -> dict:
         return self.replica.params()
+
+    def get_state(self) -> dict:
+        return self.replica.host_state()
+
+    def set_state(self, state: dict) -> None:
+        self.replica.load_state(state)
+
+    def topology(self) -> dict:
+        return {"workers": 0, "devices_per_worker": self.replica.local_devices, "grad_sync": "local"}

@@ -18,8 +18,8 @@ from snndist.data.loader import SampleLoader
 from snndist.network import init_params, network_spec
 from snndist.optim import make_optimizer
 from snndist.metrics import Metrics, weighted_mean
-from snndist.step import (Layout, make_apply_step, make_eval_step, make_grad_step, make_init, make_train_step,
-                          to_host)
+from snndist.step import (Layout, TrainState, make_apply_step, make_eval_step, make_grad_step, make_init,
+                          make_train_step, to_host)
 
 
 class Replica:
@@ -98,6 +98,21 @@ class Replica:
 
     def params(self) -> dict:
         return to_host(self.state.params)
+
+    def host_state(self) -> dict:
+        """Everything a checkpoint holds of the train state, as host arrays and ints."""
+        return {"params": self.params(), "opt_state": to_host(self.state.opt_state),
+                "step": int(to_host(self.state.step)), "skipped": int(to_host(self.state.skipped))}
+
+    def load_state(self, state: dict) -> None:
+        """Replace the train state by ``host_state()``-shaped host values, on this mesh's layout."""
+        def put(value):
+            value = np.asarray(value)
+            return jax.make_array_from_callback(value.shape, self.layout.replicated, lambda index: value[index])
+
+        self.state = TrainState(step=put(np.int32(state["step"])), params=jax.tree.map(put, state["params"]),
+                                opt_state=jax.tree.map(put, state["opt_state"]),
+                                skipped=put(np.int32(state["skipped"])))
 
     def digest(self) -> str:
         """SHA-256 of the parameters' bytes: replicas that drifted apart differ here."""

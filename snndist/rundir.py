@@ -12,12 +12,18 @@ def default_run_dir(config_path: str | None) -> Path:
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def create_run_dir(path: Path, cfg: Config) -> Path:
-    """Make ``path`` and write the resolved config; never reuse a directory that holds a run."""
+def check_run_dir_free(path: Path) -> Path:
+    """Refuse a directory that holds a run: it is never reused or overwritten."""
     path = Path(path)
     if (path / "config.yaml").exists() or (path / "checkpoints").exists():
         raise ConfigError(f"{path}: run directory already holds a run; "
                           f"pass --resume {path} to continue it, or choose another --run-dir")
+    return path
+
+
+def create_run_dir(path: Path, cfg: Config) -> Path:
+    """Make ``path`` and write the resolved config."""
+    path = check_run_dir_free(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(dump_yaml(cfg))
     return path

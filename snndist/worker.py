@@ -5,6 +5,7 @@ with the environment of ``cluster.worker_env`` (host device count, threads).
 """
 from __future__ import annotations
 
+import os
 import socket
 
 from snndist.config import from_dict
@@ -70,6 +71,18 @@ class Worker:
 
     def params(self) -> dict:
         return self.replica.params()
+
+    def host_state(self) -> dict:
+        return self.replica.host_state()
+
+    def load_state(self, state: dict) -> None:
+        self.replica.load_state(state)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def can_see(self, path: str) -> bool:
+        return os.path.exists(path)
 
     def shutdown(self) -> None:
         if self.distributed:

@@ -1,0 +1,195 @@
+"""WandbTracker against the real wandb package, offline, read back with W&B's own reader.
+
+The reader is ``wandb leet inspect --json RUN.wandb`` (wandb >= 0.2x): one JSON
+object per record of the run's transaction log, the same file ``wandb sync``
+uploads.
+"""
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snndist import figures
+from snndist.config import WandbConfig
+from snndist.wandb_tracker import WandbTracker, read_run_file, resolve_mode
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CONFIG = {"model": {"layers": [{"size": 4, "recurrent": False}]}, "train": {"steps": 50, "lr": 0.002}}
+METRICS = ("train/loss", "spikes/rate_hz/hidden0", "perf/step_time_s")
+
+
+@pytest.fixture(autouse=True)
+def offline_env(monkeypatch, tmp_path):
+    """No key, no mode: the tracker must choose offline by itself. W&B's own
+    settings and caches are kept inside the test's directory."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_PROJECT",
+                 "WANDB_ENTITY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / sub))
+
+
+def inspect_records(run_file: Path) -> list[dict]:
+    """Every record of a ``.wandb`` file, through ``wandb leet inspect --json``."""
+    done = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_file)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def history(records: list[dict]) -> list[tuple[int, dict]]:
+    return [(r["history"]["step"]["num"], r["history"]["item"]) for r in records if r["type"] == "history"]
+
+
+def run_files(run_dir: Path, run_id: str) -> list[Path]:
+    """The transaction logs W&B keeps for a run id, oldest first (one per session)."""
+    files = {p.resolve() for p in (run_dir / "wandb").glob(f"*run-*{run_id}*/run-{run_id}.wandb")}
+    return sorted(files, key=lambda p: next(r["run"]["start_time"] for r in inspect_records(p) if r["type"] == "run"))
+
+
+def _figs():
+    rng = np.random.default_rng(0)
+    return {"images/hidden_raster/hidden0": figures.spike_raster(rng.random((40, 6)) < 0.1, "hidden0"),
+            "images/rate_hist/hidden0": figures.rate_histogram(rng.gamma(2.0, 5.0, 6), "hidden0")}
+
+
+def _first_run(run_dir: Path, said: list[str]) -> WandbTracker:
+    tracker = WandbTracker(run_dir, WandbConfig(tags=("test",)), CONFIG, default_name="first",
+                           say=said.append, system_stats=False)
+    assert tracker.mode == "offline"
+    for step in (10, 20, 30):
+        tracker.log({"train/loss": 1.0 / step, "spikes/rate_hz/hidden0": 5.0 + step,
+                     "perf/step_time_s": np.float32(0.01)}, step)
+        if step == 20:
+            figs = _figs()
+            tracker.log_images(figs, step)
+            assert all(not f.axes for f in figs.values())  # closed
+    tracker.summary({"final/train_loss": 1.0 / 30, "wall_time_s": 1.5})
+    tracker.finish()
+    return tracker
+
+
+def test_resolve_mode():
+    assert resolve_mode(WandbConfig(), {}) == "offline"
+    assert resolve_mode(WandbConfig(), {"WANDB_API_KEY": "k"}) == "online"
+    assert resolve_mode(WandbConfig(mode="offline"), {"WANDB_API_KEY": "k"}) == "offline"
+    assert resolve_mode(WandbConfig(mode="disabled"), {}) == "disabled"
+
+
+def test_offline_run_reads_back(tmp_path):
+    said: list[str] = []
+    tracker = _first_run(tmp_path, said)
+    assert said == []
+    assert tracker.run_file is not None and tracker.run_file.is_file()
+    assert tracker.run_file.is_relative_to(tmp_path / "wandb")
+    assert run_files(tmp_path, tracker.run_id) == [tracker.run_file.resolve()]
+
+    records = inspect_records(tracker.run_file)
+    run = next(r["run"] for r in records if r["type"] == "run")
+    assert run["run_id"] == tracker.run_id and run["project"] == "snndist"
+    assert run["display_name"] == "first" and run["tags"] == ["test"]
+    config = dict(run["config"]["update"])
+    for r in records:
+        if r["type"] == "config":
+            config.update(r["config"].get("update", {}))
+    assert config["model"] == CONFIG["model"] and config["train"] == CONFIG["train"]
+
+    # The step metric and its use by every other metric.
+    metrics = [r["metric"] for r in records if r["type"] == "metric"]
+    assert {"name": "trainer/step", "options": {"defined": True}} in [
+        {k: m[k] for k in ("name", "options") if k in m} for m in metrics]
+    assert any(m.get("glob_name") == "*" and m.get("step_metric") == "trainer/step" for m in metrics)
+
+    rows = history(records)
+    assert [step for step, _ in rows] == [10, 20, 30]
+    for step, item in rows:
+        assert item["_step"] == step and item["trainer/step"] == step
+        assert item["train/loss"] == pytest.approx(1.0 / step)
+        assert item["spikes/rate_hz/hidden0"] == pytest.approx(5.0 + step)
+        assert item["perf/step_time_s"] == pytest.approx(0.01)
+
+    # Images: in the step-20 row only, as image files that exist and are PNGs.
+    images = {k[: -len("._type")] for step, item in rows for k, v in item.items()
+              if k.endswith("._type") and v == "image-file"}
+    assert images == {"images/hidden_raster/hidden0", "images/rate_hist/hidden0"}
+    row20 = dict(rows)[20]
+    for key in images:
+        assert all(f"{key}._type" not in item for step, item in rows if step != 20)
+        png = tracker.run_file.parent / "files" / row20[f"{key}.path"]
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        assert (row20[f"{key}.width"], row20[f"{key}.height"]) == (600, 300)
+
+    # The summary, through W&B's own summary view of the same file.
+    info = read_run_file(tracker.run_file)
+    assert info["step"] == 30 and info["state"] == "finished"
+    assert info["summary"]["final/train_loss"] == pytest.approx(1.0 / 30)
+    assert info["summary"]["wall_time_s"] == 1.5
+
+
+def test_resume_does_not_relog_steps(tmp_path):
+    said: list[str] = []
+    first = _first_run(tmp_path, said)
+
+    # Resume from an older checkpoint (step 20): W&B already holds 30.
+    resumed = WandbTracker(tmp_path, WandbConfig(), CONFIG, run_id=first.run_id, say=said.append,
+                           system_stats=False)
+    assert resumed.run_id == first.run_id
+    assert resumed.resumed_step == 30
+    resumed.log({"train/loss": 999.0}, 20)  # already in W&B: dropped
+    resumed.log_images(_figs(), 30)  # dropped too
+    resumed.log({"train/loss": 999.0}, 30)
+    for step in (40, 50):
+        resumed.log({"train/loss": 1.0 / step}, step)
+    resumed.log({"train/loss": 999.0}, 45)  # backwards within the session: dropped
+    resumed.finish()
+    assert len(said) == 2  # once for the resume, once for going backwards
+    assert "already holds steps up to 30" in said[0] and "step 20" in said[0]
+    assert "step 45" in said[1]
+
+    files = run_files(tmp_path, first.run_id)
+    assert len(files) == 2 and files[1] == resumed.run_file.resolve()
+    assert files[0] == first.run_file.resolve()
+    steps, losses = [], []
+    for path in files:
+        records = inspect_records(path)
+        assert next(r["run"] for r in records if r["type"] == "run")["run_id"] == first.run_id
+        for step, item in history(records):
+            steps.append(step)
+            losses.append(item["train/loss"])
+            assert item["trainer/step"] == step
+    assert steps == [10, 20, 30, 40, 50]
+    assert 999.0 not in losses
+    assert not any(k.endswith("._type") for _, item in history(inspect_records(files[1])) for k in item)
+
+
+def test_api_key_is_written_nowhere(tmp_path, monkeypatch):
+    marker = f"marker-{secrets.token_hex(12)}"
+    monkeypatch.setenv("WANDB_API_KEY", marker)
+    tracker = WandbTracker(tmp_path, WandbConfig(mode="offline"), {"note": f"key={marker}", **CONFIG},
+                           system_stats=False, say=lambda line: None)
+    assert tracker.mode == "offline"
+    tracker.log({"train/loss": 0.5}, 1)
+    tracker.log_images(_figs(), 1)
+    tracker.summary({"final/train_loss": 0.5})
+    tracker.finish()
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert tracker.run_file.resolve() in {p.resolve() for p in files}
+    leaks = [p for p in files if marker.encode() in p.read_bytes()]
+    assert leaks == []
+    config = next(r["run"] for r in inspect_records(tracker.run_file) if r["type"] == "run")["config"]["update"]
+    assert config["note"] == "key=<redacted>"
+
+
+def test_disabled_mode_is_a_no_op(tmp_path):
+    tracker = WandbTracker(tmp_path, WandbConfig(mode="disabled"), CONFIG, run_id="abc123", system_stats=False)
+    assert tracker.run_file is None and tracker.resumed_step is None
+    tracker.log({"train/loss": 0.5}, 1)
+    figs = _figs()
+    tracker.log_images(figs, 1)
+    assert all(not f.axes for f in figs.values())
+    tracker.summary({"final/train_loss": 0.5})
+    tracker.finish()
+    assert not (tmp_path / "wandb").exists()
