@@ -51,6 +51,8 @@ class Checkpointer:
     def save(self, step: int, state: dict, meta: dict, metrics: dict | None = None) -> float:
         """Start an async save of ``state`` ({params, opt_state}); returns seconds the caller was blocked."""
         began = time.perf_counter()
+        if step in self.manager.all_steps():  # e.g. a stop signal right after a periodic save
+            return 0.0
         for leaf in _leaves(state["params"]):
             if not np.all(np.isfinite(leaf)):
                 self.say(f"warning: not saving step {step}: parameters are not finite")

@@ -6,8 +6,11 @@
     snndist train --config configs/tutorial.yaml --address auto       # join a running cluster
     snndist submit --address http://HEAD:8265 --config configs/tutorial.yaml
 
+    snndist train --resume runs/tutorial-20261128-120000 --set train.steps=6000
+
 Bad input (an unknown key, a wrong type, a value out of range, a missing
 file) exits with code 2 and one line that names the field and the problem.
+A run stopped by SIGTERM/SIGINT saves a checkpoint and exits with code 75.
 """
 from __future__ import annotations
 
@@ -33,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a network from a config file", description=(
         "Train the network a config describes and write a run directory "
         "(config.yaml, metrics.jsonl, summary.json)."))
-    train.add_argument("--config", required=True, metavar="FILE", help="YAML config, e.g. configs/tutorial.yaml")
+    train.add_argument("--config", metavar="FILE", help="YAML config, e.g. configs/tutorial.yaml")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue RUN_DIR from its newest readable checkpoint, with its config.yaml "
+                            "(--set may change only fields that leave the math alone: train.steps, logging, ...)")
+    train.add_argument("--restart", action="store_true",
+                       help="with --resume: start RUN_DIR over at step 0 (earlier checkpoints are kept aside)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. train.steps=500 or model.layers[0].size=8 (repeatable)")
     train.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/<config>-<time>)")
@@ -53,32 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from snndist.config import load_config
-    from snndist.rundir import create_run_dir, default_run_dir
+    from snndist.rundir import default_run_dir
+    from snndist.run import resume_config, train
 
     overrides = [*args.set, *([f"cluster.address={args.address}"] if args.address else [])]
-    cfg = load_config(args.config, overrides)
-    run_dir = create_run_dir(args.run_dir or default_run_dir(args.config), cfg)
-    print(f"run directory: {run_dir}", flush=True)
-    say = lambda line: print(line, flush=True)
-
-    from snndist.loop import fit
-    from snndist.tracking import JsonlTracker
-
-    if args.local:
-        from snndist.local import LocalRunner
-
-        runner = LocalRunner(cfg)
+    if args.resume:
+        if args.config or args.run_dir:
+            raise ConfigError("--resume takes the run's own config and directory; drop --config/--run-dir")
+        run_dir = args.resume
+        cfg = resume_config(run_dir, overrides)
     else:
-        from snndist.coordinator import RayRunner
-
-        runner = RayRunner(cfg, run_dir.name, say=say)
-    tracker = JsonlTracker(run_dir)
-    try:
-        fit(cfg, runner, tracker, say=say)
-    finally:
-        tracker.finish()
-        if not args.local:
-            runner.close()
+        if not args.config:
+            raise ConfigError("--config FILE is required (or --resume RUN_DIR)")
+        if args.restart:
+            raise ConfigError("--restart goes with --resume RUN_DIR")
+        cfg = load_config(args.config, overrides)
+        run_dir = args.run_dir or default_run_dir(args.config)
+    print(f"run directory: {run_dir}", flush=True)
+    train(cfg, run_dir, local=args.local, resume=bool(args.resume), restart=args.restart,
+          say=lambda line: print(line, flush=True))
     return 0
 
 

@@ -195,7 +195,8 @@ class RayRunner:
                 raise WorkerError(rank_of[ready[0]], f"{type(cause).__name__}: {_one_line(cause)}") from None
             except ray.exceptions.RayActorError as err:
                 self.failed = True
-                raise WorkerLost(rank_of[ready[0]], _one_line(err)[:300]) from None
+                first_sentence = " ".join(str(err).split()).split(". ")[0]
+                raise WorkerLost(rank_of[ready[0]], f"{type(err).__name__}: {first_sentence[:200]}") from None
         return ray.get(refs)
 
 

@@ -1,50 +1,157 @@
-"""The training loop: which samples each step reads, when to log and evaluate.
+"""The training loop: which samples each step reads, when to log, evaluate,
+checkpoint, recover and stop.
 
-It drives any runner with ``num_samples``, ``step(indices) -> metrics`` and
-``evaluate(split) -> metrics``: the single-process one or the Ray coordinator.
+It drives either runner (``LocalRunner`` or the Ray ``RayRunner``): both have
+``num_samples``, ``step(indices)``, ``evaluate(split)``, ``get_state()``,
+``set_state(state)``, ``topology()``; the Ray one also ``restart()``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import signal
 import time
 from typing import Callable
 
+import numpy as np
+
+from snndist.checkpoint import Checkpointer
 from snndist.config import Config
-from snndist.data.order import batch_indices
+from snndist.data.order import batch_indices, data_position
+from snndist.errors import SnndistError, WorkerLost
 from snndist.metrics import summarize
 from snndist.tracking import Tracker
 
 
-def fit(cfg: Config, runner, tracker: Tracker, *, start_step: int = 0,
+class Preempted(SnndistError):
+    """SIGTERM/SIGINT: the step in flight finished and a checkpoint committed."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later, with --resume
+
+
+class RunFailed(SnndistError):
+    """Too many failures, or too many non-finite steps in a row."""
+
+
+class StopSignal:
+    """Turns SIGTERM and SIGINT into a flag the loop reads between steps."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def install(self) -> "StopSignal":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+
+def config_hash(cfg: Config) -> str:
+    """Hash of everything that changes the math (what a resume may not change)."""
+    plain = cfg.to_dict()
+    math = {"model": plain["model"], "data": {k: v for k, v in plain["data"].items() if k != "encoding"},
+            "train": {k: v for k, v in plain["train"].items() if k not in RESUMABLE_TRAIN_FIELDS}}
+    return hashlib.sha256(json.dumps(math, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# train.* fields a resume may change: they do not change what a step computes.
+RESUMABLE_TRAIN_FIELDS = ("steps", "workers", "grad_sync", "step_timeout_s", "drift_check_every", "max_failures",
+                          "max_bad_steps", "debug_nan_steps", "eval_every", "eval_batch", "eval_split")
+
+
+def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, start_step: int = 0,
+        stop: StopSignal | None = None, meta: dict | None = None,
         say: Callable[[str], None] = print) -> dict[str, float]:
     """Train from ``start_step`` to ``train.steps``; returns the summary."""
     t = cfg.train
+    stop = stop or StopSignal()
     began = window_start = time.perf_counter()
-    window_steps = 0
+    window_steps, bad_streak, failures, save_block = 0, 0, [], []
     last: dict[str, float] = {}
-    for step in range(start_step, t.steps):
+    previous = None  # the last step's metrics, read one step late so the device stays busy
+    evaluation = None
+    step = start_step
+
+    def save(at: int, metrics: dict | None = None) -> None:
+        state = runner.get_state()
+        info = {**(meta or {}), "step": at, "skipped": state["skipped"], "config_hash": config_hash(cfg),
+                "data_position": data_position(at, t.global_batch, runner.num_samples),
+                "topology": runner.topology(), "seeds": {"train": t.seed, "data": cfg.data.seed}}
+        save_block.append(checkpointer.save(at, state, info, metrics))
+
+    while step < t.steps:
+        if stop.signal is not None:
+            save(step)
+            checkpointer.wait()
+            raise Preempted(f"stopped by signal {stop.signal} at step {step}; checkpoint committed; "
+                            f"continue with --resume")
         indices = batch_indices(step, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
-        metrics = runner.step(indices)
+        try:
+            metrics = runner.step(indices)
+        except WorkerLost as err:
+            step = _recover(cfg, runner, checkpointer, err, step, failures, tracker, say)
+            previous = None
+            continue
+        if previous is not None:
+            bad_streak = bad_streak + 1 if bool(np.asarray(previous["train/step_skipped"])) else 0
+            if bad_streak >= t.max_bad_steps:
+                checkpointer.wait()
+                raise RunFailed(f"{bad_streak} steps in a row had a non-finite loss or gradient "
+                                f"(train.max_bad_steps={t.max_bad_steps}); stopped at step {step}")
+        previous = metrics
+        step += 1
         window_steps += 1
-        done = step + 1
-        if done % cfg.logging.log_every == 0 or done == t.steps:
+        if step % cfg.logging.log_every == 0 or step == t.steps:
             last = summarize(metrics)  # reading the metrics waits for the step
             elapsed = time.perf_counter() - window_start
             last.update(_perf(elapsed / window_steps, t.global_batch, cfg.data.timesteps))
-            tracker.log(last, done)
-            say(_progress_line(done, t.steps, last, time.perf_counter() - began, start_step))
+            last.update({"system/recoveries": float(len(failures)),
+                         "ckpt/save_block_s": save_block[-1] if save_block else 0.0})
+            tracker.log(last, step)
+            say(_progress_line(step, t.steps, last, time.perf_counter() - began, start_step))
             window_start, window_steps = time.perf_counter(), 0
-        if t.eval_every and done % t.eval_every == 0 and done < t.steps:
-            tracker.log(summarize(runner.evaluate(t.eval_split), prefix="eval"), done)
+        evaluation = None
+        if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+            evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
+            tracker.log(evaluation, step)
             window_start = time.perf_counter()  # keep eval time out of perf/step_time_s
-    evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
-    tracker.log(evaluation, t.steps)
-    summary = {"step": t.steps, **{k: v for k, v in last.items() if k.startswith("train/")},
-               **evaluation, "wall_time_s": time.perf_counter() - began}
+        if step % cfg.checkpoint.every_steps == 0 or step == t.steps:
+            save(step, evaluation)
+    checkpointer.wait()
+    if evaluation is None:  # resumed a finished run
+        evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
+    summary = {"step": t.steps, **{k: v for k, v in last.items() if k.startswith("train/")}, **evaluation,
+               "wall_time_s": time.perf_counter() - began, "system/recoveries": float(len(failures))}
     tracker.summary(summary)
     say(f"done: step {t.steps}  train/loss {summary.get('train/loss', float('nan')):.4f}  "
         f"eval/loss {summary['eval/loss']:.4f}  eval/accuracy {summary['eval/accuracy']:.3f}  "
         f"in {summary['wall_time_s']:.1f} s")
     return summary
+
+
+def _recover(cfg: Config, runner, checkpointer: Checkpointer, err: WorkerLost, step: int, failures: list,
+             tracker: Tracker, say) -> int:
+    """New workers, newest readable checkpoint (or the initial state); returns the step to go on from."""
+    failures.append(f"step {step}: {err}")
+    if len(failures) > cfg.train.max_failures:
+        raise RunFailed(f"{len(failures)} failures, more than train.max_failures={cfg.train.max_failures}: "
+                        + "; ".join(failures))
+    say(f"recovery {len(failures)}/{cfg.train.max_failures} at step {step}: {err}; starting new workers")
+    checkpointer.wait()
+    runner.restart()
+    restored = checkpointer.restore_latest(runner.get_state())
+    resume_at = 0
+    if restored is not None:
+        state, meta = restored
+        resume_at = meta["step"]
+        runner.set_state({**state, "step": meta["step"], "skipped": meta["skipped"]})
+    say(f"recovered: rank {err.rank}, cause: {err.cause}; restored step {resume_at}, "
+        f"replaying {step - resume_at} step(s)")
+    tracker.log({"system/recoveries": float(len(failures)), "system/replayed_steps": float(step - resume_at)},
+                step)
+    return resume_at
 
 
 def _perf(step_time_s: float, global_batch: int, timesteps: int) -> dict[str, float]:

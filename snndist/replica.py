@@ -31,9 +31,10 @@ class Replica:
         self.state = make_init(layout, lambda key: init_params(key, cfg), optimizer)(
             jax.random.PRNGKey(cfg.train.seed))
         self._loaders: dict[str, SampleLoader] = {}
-        self._train_step = make_train_step(spec, optimizer, schedule, layout)
+        nan_steps = cfg.train.debug_nan_steps
+        self._train_step = make_train_step(spec, optimizer, schedule, layout, nan_steps)
         self._grad_step = make_grad_step(spec, layout)
-        self._apply_step = make_apply_step(optimizer, schedule, layout)
+        self._apply_step = make_apply_step(optimizer, schedule, layout, nan_steps)
         self._eval_step = make_eval_step(spec, layout)
         # Processes sharing the mesh; each feeds 1/processes of every global batch.
         self.processes = layout.size // len(layout.mesh.local_devices)

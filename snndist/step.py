@@ -52,9 +52,16 @@ def compute_grads(params: dict, x, y: jax.Array, weights: jax.Array, spec: Netwo
     return grads, metrics
 
 
-def apply_grads(state: TrainState, grads: dict, loss: jax.Array,
-                optimizer: optax.GradientTransformation, schedule: optax.Schedule) -> tuple[TrainState, Metrics]:
-    """One optax update; skipped (state unchanged but ``step``) if anything is non-finite."""
+def apply_grads(state: TrainState, grads: dict, loss: jax.Array, optimizer: optax.GradientTransformation,
+                schedule: optax.Schedule, nan_steps: tuple[int, ...] = ()) -> tuple[TrainState, Metrics]:
+    """One optax update; skipped (state unchanged but ``step``) if anything is non-finite.
+
+    ``nan_steps`` (1-based step numbers) is fault injection for tests: those
+    steps' gradients are replaced by NaN.
+    """
+    if nan_steps:
+        poisoned = jnp.isin(state.step + 1, jnp.asarray(nan_steps))
+        grads = jax.tree.map(lambda g: jnp.where(poisoned, jnp.nan, g), grads)
     finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -126,13 +133,13 @@ def _per_device(fn, layout: Layout):
                          check_vma=False)
 
 
-def make_train_step(spec: NetworkSpec, optimizer, schedule, layout: Layout):
+def make_train_step(spec: NetworkSpec, optimizer, schedule, layout: Layout, nan_steps: tuple[int, ...] = ()):
     """``train_step(state, x, y, weights) -> (state, metrics)``; ``state`` is donated."""
     grads_fn = _per_device(lambda p, x, y, w: compute_grads(p, x, y, w, spec), layout)
 
     def train_step(state: TrainState, x, y, weights):
         grads, metrics = grads_fn(state.params, x, y, weights)
-        state, update_metrics = apply_grads(state, grads, metrics["train/loss"], optimizer, schedule)
+        state, update_metrics = apply_grads(state, grads, metrics["train/loss"], optimizer, schedule, nan_steps)
         return state, {**metrics, **update_metrics}
 
     r, b = layout.replicated, layout.batch
@@ -146,10 +153,10 @@ def make_grad_step(spec: NetworkSpec, layout: Layout):
                    in_shardings=(r, b, b, b), out_shardings=(r, r))
 
 
-def make_apply_step(optimizer, schedule, layout: Layout):
+def make_apply_step(optimizer, schedule, layout: Layout, nan_steps: tuple[int, ...] = ()):
     """``apply_step(state, grads, loss) -> (state, metrics)``: the second half; ``state`` is donated."""
     r = layout.replicated
-    return jax.jit(lambda s, g, l: apply_grads(s, g, l, optimizer, schedule),
+    return jax.jit(lambda s, g, l: apply_grads(s, g, l, optimizer, schedule, nan_steps),
                    in_shardings=(r, r, r), out_shardings=(r, r), donate_argnums=0)
 
 

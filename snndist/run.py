@@ -1,0 +1,87 @@
+"""Starting a training run: new or resumed, local or on Ray; trackers and checkpoints."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from snndist.checkpoint import Checkpointer
+from snndist.config import Config, ConfigError, dump_yaml, load_config
+from snndist.loop import RESUMABLE_TRAIN_FIELDS, StopSignal, config_hash, fit
+from snndist.rundir import check_run_dir_free
+from snndist.tracking import JsonlTracker
+
+RESUMABLE_SECTIONS = ("logging", "checkpoint", "cluster")
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The run's saved config with ``overrides``, which may not change the math."""
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
+    saved = load_config(saved_path)
+    cfg = load_config(saved_path, overrides)
+    if config_hash(cfg) != config_hash(saved):
+        changed = _changed_fields(saved.to_dict(), cfg.to_dict())
+        raise ConfigError(f"--set {changed[0]}: cannot change on --resume, it changes what a step computes; "
+                          f"only train.{{{','.join(RESUMABLE_TRAIN_FIELDS)}}} and "
+                          f"{', '.join(s + '.*' for s in RESUMABLE_SECTIONS)} can")
+    return cfg
+
+
+def _changed_fields(a, b, path="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [c for k in a for c in _changed_fields(a[k], b.get(k), f"{path}.{k}" if path else k)]
+    return [path] if a != b else []
+
+
+def train(cfg: Config, run_dir: Path, *, local: bool, resume: bool = False, restart: bool = False,
+          say: Callable[[str], None] = print) -> dict:
+    """Run (or continue) the training ``cfg`` describes in ``run_dir``; returns the summary."""
+    run_dir = Path(run_dir)
+    if not resume:
+        check_run_dir_free(run_dir)
+    stop = StopSignal().install()
+    runner = _runner(cfg, run_dir, local, say)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        if restart and (run_dir / "checkpoints").exists():
+            aside = run_dir / f"checkpoints.before-restart-{time.strftime('%Y%m%d-%H%M%S')}"
+            (run_dir / "checkpoints").rename(aside)
+            say(f"--restart: earlier checkpoints kept in {aside}")
+        if not local:
+            runner.check_visible(str(run_dir.absolute() / "config.yaml"))
+        checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=say)
+        start_step = 0
+        if resume:
+            restored = checkpointer.restore_latest(runner.get_state())
+            if restored is None:
+                say(f"{run_dir}: no checkpoint yet; starting at step 0")
+            else:
+                state, meta = restored
+                if meta.get("config_hash") != config_hash(cfg):
+                    raise ConfigError(f"{run_dir}/config.yaml: its math differs from the checkpoint's "
+                                      f"(hash {meta.get('config_hash')} != {config_hash(cfg)}); was it edited?")
+                runner.set_state({**state, "step": meta["step"], "skipped": meta["skipped"]})
+                start_step = meta["step"]
+                say(f"resumed at step {start_step} (saved on {meta['topology']})")
+        tracker = JsonlTracker(run_dir)
+        try:
+            return fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, say=say)
+        finally:
+            tracker.finish()
+            checkpointer.close()
+    finally:
+        if not local:
+            runner.close()
+
+
+def _runner(cfg: Config, run_dir: Path, local: bool, say):
+    if local:
+        from snndist.local import LocalRunner
+
+        return LocalRunner(cfg)
+    from snndist.coordinator import RayRunner
+
+    return RayRunner(cfg, run_dir.name, say=say)
