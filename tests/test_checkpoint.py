@@ -147,7 +147,8 @@ def test_all_checkpoints_broken_is_an_error(tmp_path):
     result = subprocess.run([*CLI, "train", "--resume", str(run), "--local"], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 2, result.stderr
-    assert "none of the checkpoints [10, 20] can be read" in result.stderr.strip().splitlines()[-1]
+    errors = [l for l in result.stderr.splitlines() if l.startswith("snndist: error:")]
+    assert len(errors) == 1 and "none of the checkpoints [10, 20] can be read" in errors[0]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["10", "20"], "nothing moved or deleted"
     restarted = subprocess.run([*CLI, "train", "--resume", str(run), "--local", "--restart"], capture_output=True,
                                text=True, timeout=600)
