@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from snndist.errors import ConfigError, SnndistError
 
@@ -53,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "on cluster.address, RAY_ADDRESS, or a local Ray instance started for the run)")
     train.set_defaults(func=cmd_train)
 
+    evaluate = commands.add_parser("eval", help="evaluate a run's newest checkpoint", description=(
+        "Load RUN_DIR's newest checkpoint, print eval loss, accuracy and per-layer spike rates, "
+        "and write them to RUN_DIR/eval_<split>.json."))
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--split", default="train", choices=("train", "test"))
+    evaluate.set_defaults(func=cmd_eval)
+
+    plot = commands.add_parser("plot", help="draw a run's loss, spike raster and voltages", description=(
+        "Write RUN_DIR/plots/loss.png (from metrics.jsonl), raster.png and voltage.png (from the newest "
+        "checkpoint), the pictures W&B shows, without W&B."))
+    plot.add_argument("run_dir", metavar="RUN_DIR")
+    plot.set_defaults(func=cmd_plot)
+
     from snndist.jobs import add_job_commands
 
     add_job_commands(commands)
@@ -80,6 +94,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir}", flush=True)
     train(cfg, run_dir, local=args.local, resume=bool(args.resume), restart=args.restart,
           say=lambda line: print(line, flush=True))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from snndist.report import evaluate_run
+
+    metrics = evaluate_run(Path(args.run_dir), args.split)
+    for key, value in metrics.items():
+        print(f"{key:<32} {value}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from snndist.report import plot_run
+
+    for path in plot_run(Path(args.run_dir)):
+        print(f"wrote {path}")
     return 0
 
 

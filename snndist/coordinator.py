@@ -110,6 +110,9 @@ class RayRunner:
     def params(self) -> dict:
         return self._gather([self.workers[0].params.remote()], ranks=[0])[0]
 
+    def trace(self, indices) -> dict:
+        return self._gather([self.workers[0].trace.remote(indices)], ranks=[0])[0]
+
     def get_state(self) -> dict:
         return self._gather([self.workers[0].host_state.remote()], ranks=[0])[0]
 

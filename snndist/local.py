@@ -31,6 +31,9 @@ class LocalRunner:
     def params(self) -> dict:
         return self.replica.params()
 
+    def trace(self, indices) -> dict:
+        return self.replica.trace(indices)
+
     def get_state(self) -> dict:
         return self.replica.host_state()
 

@@ -20,6 +20,7 @@ from snndist.config import Config
 from snndist.data.order import batch_indices, data_position
 from snndist.errors import SnndistError, WorkerLost
 from snndist.metrics import summarize
+from snndist.progress import Progress
 from snndist.tracking import Tracker
 
 
@@ -67,8 +68,12 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
     """Train from ``start_step`` to ``train.steps``; returns the summary."""
     t = cfg.train
     stop = stop or StopSignal()
+    progress = Progress(t.steps, start_step, say)
+    say = progress.note
+    images_every = cfg.logging.wandb.images_every if getattr(tracker, "takes_images", False) else 0
     began = window_start = time.perf_counter()
     window_steps, bad_streak, failures, save_block = 0, 0, [], []
+    workers = max(runner.topology()["workers"], 1)
     last: dict[str, float] = {}
     previous = None  # the last step's metrics, read one step late so the device stays busy
     evaluation = None
@@ -107,11 +112,15 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
             last = summarize(metrics)  # reading the metrics waits for the step
             elapsed = time.perf_counter() - window_start
             last.update(_perf(elapsed / window_steps, t.global_batch, cfg.data.timesteps))
-            last.update({"system/recoveries": float(len(failures)),
+            last.update({"system/recoveries": float(len(failures)), "system/workers": float(workers),
                          "ckpt/save_block_s": save_block[-1] if save_block else 0.0})
             tracker.log(last, step)
-            say(_progress_line(step, t.steps, last, time.perf_counter() - began, start_step))
+            eta = (time.perf_counter() - began) / max(step - start_step, 1) * (t.steps - step)
+            progress.update(step, last, eta)
             window_start, window_steps = time.perf_counter(), 0
+        if images_every and (step % images_every == 0 or step == t.steps):
+            tracker.log_images(_pictures(cfg, runner), step)
+            window_start = time.perf_counter()
         evaluation = None
         if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
             evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
@@ -119,6 +128,7 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
             window_start = time.perf_counter()  # keep eval time out of perf/step_time_s
         if step % cfg.checkpoint.every_steps == 0 or step == t.steps:
             save(step, evaluation)
+    progress.close()
     checkpointer.wait()
     if evaluation is None:  # resumed a finished run
         evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
@@ -160,7 +170,13 @@ def _perf(step_time_s: float, global_batch: int, timesteps: int) -> dict[str, fl
             "perf/timesteps_per_s": global_batch * timesteps / step_time_s}
 
 
-def _progress_line(done: int, total: int, m: dict[str, float], elapsed: float, start: int) -> str:
-    eta = elapsed / max(done - start, 1) * (total - done)
-    return (f"step {done}/{total}  loss {m['train/loss']:.4f}  acc {m['train/accuracy']:.3f}  "
-            f"{m['perf/samples_per_s']:.0f} samples/s  eta {eta:.0f} s")
+PICTURED_SAMPLES = np.arange(4)  # fixed samples, so pictures compare across steps
+
+
+def _pictures(cfg: Config, runner) -> dict:
+    """The seed tutorial's figures for sample 0, rate histograms over a few samples."""
+    from snndist.figures import network_figures
+
+    seen = runner.trace(PICTURED_SAMPLES[:runner.num_samples])
+    return network_figures(seen["trace"], seen["inputs"], sample=0, dt_ms=cfg.data.dt_ms,
+                           thresholds=[l.threshold for l in cfg.model.layers], label=int(seen["labels"][0]))

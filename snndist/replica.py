@@ -7,6 +7,7 @@ them); each process then feeds only its own rows of a global batch.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import jax
 import numpy as np
@@ -15,7 +16,7 @@ from snndist.config import Config
 from snndist.data.datasets import make_dataset
 from snndist.data.order import Shard, plan_shards
 from snndist.data.loader import SampleLoader
-from snndist.network import init_params, network_spec
+from snndist.network import forward, init_params, network_spec
 from snndist.optim import make_optimizer
 from snndist.metrics import Metrics, weighted_mean
 from snndist.step import (Layout, TrainState, make_apply_step, make_eval_step, make_grad_step, make_init,
@@ -26,7 +27,7 @@ class Replica:
     def __init__(self, cfg: Config, layout: Layout):
         self.cfg = cfg
         self.layout = layout
-        spec = network_spec(cfg)
+        self.spec = spec = network_spec(cfg)
         optimizer, schedule = make_optimizer(cfg.train)
         self.state = make_init(layout, lambda key: init_params(key, cfg), optimizer)(
             jax.random.PRNGKey(cfg.train.seed))
@@ -54,6 +55,7 @@ class Replica:
 
     def _global_batch(self, shard: Shard, split: str):
         """This process's rows -> arrays of the global batch, split over the mesh."""
+        began = time.perf_counter()
         x, y = self.loader(split).load(shard.indices)
 
         def put(local):
@@ -63,16 +65,19 @@ class Replica:
             shape = (local.shape[0] * self.processes, *local.shape[1:])
             return jax.make_array_from_process_local_data(self.layout.batch, local, shape)
 
-        return jax.tree.map(put, x), put(y), put(shard.weights)
+        batch = jax.tree.map(put, x), put(y), put(shard.weights)
+        self.data_s = time.perf_counter() - began
+        return batch
 
     def train_step(self, shard: Shard) -> Metrics:
         """A whole step (the gradient mean, if any, is inside the jitted step); device metrics."""
         self.state, metrics = self._train_step(self.state, *self._global_batch(shard, "train"))
-        return metrics
+        return {**metrics, "perf/data_s": self.data_s}
 
     def grads(self, shard: Shard) -> tuple[dict, Metrics]:
         """This shard's mean gradient and metrics, on the host (coordinator sync)."""
-        return to_host(self._grad_step(self.state.params, *self._global_batch(shard, "train")))
+        grads, metrics = to_host(self._grad_step(self.state.params, *self._global_batch(shard, "train")))
+        return grads, {**metrics, "perf/data_s": self.data_s}
 
     def apply(self, grads: dict, loss: float) -> Metrics:
         """Apply the mean gradient every replica received (coordinator sync); host metrics."""
@@ -99,6 +104,17 @@ class Replica:
 
     def params(self) -> dict:
         return to_host(self.state.params)
+
+    def trace(self, indices: np.ndarray, split: str = "train") -> dict:
+        """Voltages, spikes and readout of samples ``indices`` (host arrays), for pictures.
+
+        Runs on this process's default device from a host copy of the
+        parameters: no collectives, so one worker can answer alone.
+        """
+        x, y = self.loader(split).dataset.load(np.asarray(indices))
+        params = jax.tree.map(jax.numpy.asarray, self.params())
+        trace = jax.tree.map(np.asarray, forward(params, jax.numpy.asarray(x), self.spec))
+        return {"trace": trace, "inputs": x, "labels": y}
 
     def host_state(self) -> dict:
         """Everything a checkpoint holds of the train state, as host arrays and ints."""

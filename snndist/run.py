@@ -9,7 +9,7 @@ from snndist.checkpoint import Checkpointer
 from snndist.config import Config, ConfigError, dump_yaml, load_config
 from snndist.loop import RESUMABLE_TRAIN_FIELDS, StopSignal, config_hash, fit
 from snndist.rundir import check_run_dir_free
-from snndist.tracking import JsonlTracker
+from snndist.tracking import JsonlTracker, MultiTracker
 
 RESUMABLE_SECTIONS = ("logging", "checkpoint", "cluster")
 
@@ -53,7 +53,7 @@ def train(cfg: Config, run_dir: Path, *, local: bool, resume: bool = False, rest
         if not local:
             runner.check_visible(str(run_dir.absolute() / "config.yaml"))
         checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=say)
-        start_step = 0
+        start_step, wandb_run_id = 0, None
         if resume:
             restored = checkpointer.restore_latest(runner.get_state())
             if restored is None:
@@ -64,17 +64,31 @@ def train(cfg: Config, run_dir: Path, *, local: bool, resume: bool = False, rest
                     raise ConfigError(f"{run_dir}/config.yaml: its math differs from the checkpoint's "
                                       f"(hash {meta.get('config_hash')} != {config_hash(cfg)}); was it edited?")
                 runner.set_state({**state, "step": meta["step"], "skipped": meta["skipped"]})
-                start_step = meta["step"]
+                start_step, wandb_run_id = meta["step"], meta.get("wandb_run_id")
                 say(f"resumed at step {start_step} (saved on {meta['topology']})")
-        tracker = JsonlTracker(run_dir)
+        tracker = MultiTracker(JsonlTracker(run_dir), *_wandb(cfg, run_dir, wandb_run_id, say))
+        meta = {"wandb_run_id": getattr(tracker.trackers[-1], "run_id", None)}
         try:
-            return fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, say=say)
+            return fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, meta=meta, say=say)
         finally:
             tracker.finish()
             checkpointer.close()
     finally:
         if not local:
             runner.close()
+
+
+def _wandb(cfg: Config, run_dir: Path, run_id: str | None, say) -> list:
+    """The W&B tracker, unless ``logging.wandb.mode`` is disabled; it continues ``run_id`` on resume."""
+    from snndist.wandb_tracker import WandbTracker, resolve_mode
+
+    if resolve_mode(cfg.logging.wandb) == "disabled":
+        return []
+    tracker = WandbTracker(run_dir, cfg.logging.wandb, cfg.to_dict(), run_id=run_id, default_name=run_dir.name,
+                           say=say)
+    say(f"W&B: run {tracker.run_id} ({tracker.mode}" + (", sync later with `wandb sync`)"
+                                                          if tracker.mode == "offline" else ")"))
+    return [tracker]
 
 
 def _runner(cfg: Config, run_dir: Path, local: bool, say):

@@ -56,6 +56,21 @@ class MultiTracker:
         for t in self.trackers:
             t.summary(metrics)
 
+    def log_images(self, images: dict, step: int) -> None:
+        """To the trackers that take images (the others have no ``log_images``)."""
+        takers = [t for t in self.trackers if hasattr(t, "log_images")]
+        for t in takers:
+            t.log_images(images, step)
+        if not takers:
+            from snndist.figures import close
+
+            for fig in images.values():
+                close(fig)
+
+    @property
+    def takes_images(self) -> bool:
+        return any(hasattr(t, "log_images") for t in self.trackers)
+
     def finish(self) -> None:
         for t in self.trackers:
             t.finish()

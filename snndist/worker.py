@@ -72,6 +72,9 @@ class Worker:
     def params(self) -> dict:
         return self.replica.params()
 
+    def trace(self, indices) -> dict:
+        return self.replica.trace(indices)
+
     def host_state(self) -> dict:
         return self.replica.host_state()
 
