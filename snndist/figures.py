@@ -239,6 +239,17 @@ def network_figures(trace: Any, inputs: Any | None = None, sample: int = 0, dt_m
     return figs
 
 
+def network_images(trace: Any, inputs: Any | None = None, sample: int = 0, dt_ms: float = 1.0,
+                   thresholds: Sequence[float] | None = None, label: int | None = None) -> dict[str, np.ndarray]:
+    """``network_figures`` rendered to RGB arrays (what crosses a process boundary cheaply)."""
+    figs = network_figures(trace, inputs, sample, dt_ms, thresholds, label)
+    try:
+        return {name: to_rgb(fig) for name, fig in figs.items()}
+    finally:
+        for fig in figs.values():
+            close(fig)
+
+
 def to_rgb(fig: Figure) -> np.ndarray:
     """Render ``fig`` (Agg) to a ``[height, width, 3]`` uint8 array."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)

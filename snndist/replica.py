@@ -37,6 +37,7 @@ class Replica:
         self._grad_step = make_grad_step(spec, layout)
         self._apply_step = make_apply_step(optimizer, schedule, layout, nan_steps)
         self._eval_step = make_eval_step(spec, layout)
+        self._trace = jax.jit(lambda params, x: forward(params, x, spec))  # on the default device
         # Processes sharing the mesh; each feeds 1/processes of every global batch.
         self.processes = layout.size // len(layout.mesh.local_devices)
 
@@ -112,8 +113,7 @@ class Replica:
         parameters: no collectives, so one worker can answer alone.
         """
         x, y = self.loader(split).dataset.load(np.asarray(indices))
-        params = jax.tree.map(jax.numpy.asarray, self.params())
-        trace = jax.tree.map(np.asarray, forward(params, jax.numpy.asarray(x), self.spec))
+        trace = jax.tree.map(np.asarray, self._trace(self.params(), x))
         return {"trace": trace, "inputs": x, "labels": y}
 
     def host_state(self) -> dict:

@@ -9,7 +9,7 @@ from snndist.checkpoint import Checkpointer
 from snndist.config import Config, ConfigError, dump_yaml, load_config
 from snndist.loop import RESUMABLE_TRAIN_FIELDS, StopSignal, config_hash, fit
 from snndist.rundir import check_run_dir_free
-from snndist.tracking import JsonlTracker, MultiTracker
+from snndist.tracking import BackgroundTracker, JsonlTracker, MultiTracker
 
 RESUMABLE_SECTIONS = ("logging", "checkpoint", "cluster")
 
@@ -66,8 +66,9 @@ def train(cfg: Config, run_dir: Path, *, local: bool, resume: bool = False, rest
                 runner.set_state({**state, "step": meta["step"], "skipped": meta["skipped"]})
                 start_step, wandb_run_id = meta["step"], meta.get("wandb_run_id")
                 say(f"resumed at step {start_step} (saved on {meta['topology']})")
-        tracker = MultiTracker(JsonlTracker(run_dir), *_wandb(cfg, run_dir, wandb_run_id, say))
-        meta = {"wandb_run_id": getattr(tracker.trackers[-1], "run_id", None)}
+        trackers = MultiTracker(JsonlTracker(run_dir), *_wandb(cfg, run_dir, wandb_run_id, say))
+        meta = {"wandb_run_id": getattr(trackers.trackers[-1], "run_id", None)}
+        tracker = BackgroundTracker(trackers)
         try:
             return fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, meta=meta, say=say)
         finally:

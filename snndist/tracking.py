@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import queue
+import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 class Tracker(Protocol):
@@ -56,16 +58,16 @@ class MultiTracker:
         for t in self.trackers:
             t.summary(metrics)
 
-    def log_images(self, images: dict, step: int) -> None:
-        """To the trackers that take images (the others have no ``log_images``)."""
-        takers = [t for t in self.trackers if hasattr(t, "log_images")]
-        for t in takers:
-            t.log_images(images, step)
-        if not takers:
-            from snndist.figures import close
+    def log_images(self, images: Callable[[], dict], step: int) -> None:
+        """To the trackers that take images (the others have no ``log_images``).
 
-            for fig in images.values():
-                close(fig)
+        ``images`` makes the figures; it is called only if some tracker takes them.
+        """
+        takers = [t for t in self.trackers if hasattr(t, "log_images")]
+        if takers:
+            figures = images()
+            for t in takers:
+                t.log_images(figures, step)
 
     @property
     def takes_images(self) -> bool:
@@ -74,3 +76,56 @@ class MultiTracker:
     def finish(self) -> None:
         for t in self.trackers:
             t.finish()
+
+
+class BackgroundTracker:
+    """Runs another tracker's calls, in order, on a thread of its own.
+
+    Drawing and writing images takes far longer than a training step (about
+    0.5 s a set against 3 ms at the tutorial config); on this thread they
+    overlap training instead of stopping it. Calls keep their order, so steps
+    still reach W&B in increasing order. An error there is raised by the next call.
+    """
+
+    def __init__(self, tracker, max_pending: int = 64):
+        self.tracker = tracker
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="snndist-tracker", daemon=True)
+        self._thread.start()
+
+    @property
+    def takes_images(self) -> bool:
+        return getattr(self.tracker, "takes_images", False)
+
+    def _work(self) -> None:
+        while True:
+            call = self._queue.get()
+            if call is None:
+                return
+            if self._error is None:
+                try:
+                    call()
+                except BaseException as err:  # re-raised on the caller's thread
+                    self._error = err
+
+    def _put(self, call) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(call)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._put(lambda: self.tracker.log(metrics, step))
+
+    def log_images(self, images: Callable[[], dict], step: int) -> None:
+        self._put(lambda: self.tracker.log_images(images, step))
+
+    def summary(self, metrics: dict[str, float]) -> None:
+        self._put(lambda: self.tracker.summary(metrics))
+
+    def finish(self) -> None:
+        self._queue.put(lambda: self.tracker.finish())
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error

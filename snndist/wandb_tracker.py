@@ -203,19 +203,23 @@ class WandbTracker:
         self.run.log(row, step=int(step))
 
     def log_images(self, images: Mapping[str, Any], step: int) -> None:
-        """Log matplotlib figures as ``wandb.Image`` at ``step``; the figures are closed either way."""
+        """Log matplotlib figures or RGB arrays as ``wandb.Image`` at ``step``; figures are closed either way."""
+        from matplotlib.figure import Figure
+
         from snndist.figures import close, to_rgb
 
         try:
             if self._finished or not images or not self._accept(step, "images"):
                 return
-            # Rendered here (Agg) rather than by wandb, whose matplotlib path needs pyplot.
-            row: dict[str, Any] = {k: self._wandb.Image(to_rgb(fig)) for k, fig in images.items()}
+            # Figures are rendered here (Agg) rather than by wandb, whose matplotlib path needs pyplot.
+            row: dict[str, Any] = {k: self._wandb.Image(to_rgb(v) if isinstance(v, Figure) else v)
+                                   for k, v in images.items()}
             row[STEP_METRIC] = int(step)
             self.run.log(row, step=int(step))
         finally:
-            for fig in images.values():
-                close(fig)
+            for v in images.values():
+                if isinstance(v, Figure):
+                    close(v)
 
     def summary(self, metrics: dict[str, float]) -> None:
         if self._finished:
