@@ -15,6 +15,7 @@ A run stopped by SIGTERM/SIGINT saves a checkpoint and exits with code 75.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if not args.local:
+        # The coordinator holds no device memory: JAX (which Orbax imports) stays on the host here,
+        # even on a GPU head node. Workers choose their platform through their own environment.
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from snndist.config import load_config
     from snndist.rundir import default_run_dir
     from snndist.run import resume_config, train

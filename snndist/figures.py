@@ -185,16 +185,6 @@ def loss_curve(rows: Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
-def dense_from_events(events: Any, sample: int, timesteps: int, num_inputs: int) -> np.ndarray:
-    """One sample of ``SpikeEvents`` as a dense ``[T, n_in]`` bool raster (padding dropped)."""
-    times = np.asarray(events.times[sample])
-    units = np.asarray(events.units[sample])
-    keep = times < timesteps
-    dense = np.zeros((timesteps, num_inputs), bool)
-    dense[times[keep], units[keep]] = True
-    return dense
-
-
 def firing_rates_hz(spikes: Any, dt_ms: float) -> np.ndarray:
     """``[T, batch, n]`` (or ``[T, n]``) spikes -> per-neuron rate in Hz, averaged over time and batch."""
     s = np.asarray(spikes, np.float64)

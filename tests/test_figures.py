@@ -65,16 +65,11 @@ def test_network_figures_from_a_forward_pass(tmp_path):
     assert len(figures.voltage_traces(np.zeros((5, 6)), None, 1.0).axes) == 6
 
 
-def test_rates_and_events():
+def test_rates():
     spikes = np.zeros((10, 2, 3), bool)
     spikes[:, :, 0] = True  # every step: 1000 Hz at dt 1 ms
     spikes[::2, 0, 1] = True  # every other step in one sample of two: 250 Hz over the batch
     np.testing.assert_allclose(figures.firing_rates_hz(spikes, dt_ms=1.0), [1000.0, 250.0, 0.0])
-    from snndist.data.events import to_events
-
-    dense = np.random.default_rng(2).random((2, 12, 5)) < 0.3
-    events = to_events(dense, capacity=64)
-    np.testing.assert_array_equal(figures.dense_from_events(events, 1, 12, 5), dense[1])
 
 
 def test_to_rgb_and_close():

@@ -100,7 +100,7 @@ def test_eval_and_plot_on_the_trained_run(trained):
         assert result.returncode == 0, result.stderr
         written = json.loads((run / f"eval_{split}.json").read_text())
         assert written["step"] == 60 and 0 <= written["eval/accuracy"] <= 1 and np.isfinite(written["eval/loss"])
-        assert f"eval/loss" in result.stdout
+        assert "eval/loss" in result.stdout
     result = subprocess.run([*CLI, "plot", str(run)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     for name in ("loss", "raster", "voltage"):

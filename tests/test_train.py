@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 
 from snndist.config import dump_yaml, load_config
 from snndist.data.order import plan_shards
