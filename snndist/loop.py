@@ -88,50 +88,52 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
                 "topology": runner.topology(), "seeds": {"train": t.seed, "data": cfg.data.seed}}
         save_block.append(checkpointer.save(at, state, info, metrics))
 
-    while step < t.steps:
-        if stop.signal is not None:
-            save(step)
-            checkpointer.wait()
-            raise Preempted(f"stopped by signal {stop.signal} at step {step}; checkpoint committed; "
-                            f"continue with --resume")
-        indices = batch_indices(step, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
-        try:
-            metrics = runner.step(indices)
-        except WorkerLost as err:
-            step = _recover(cfg, runner, checkpointer, err, step, failures, tracker, say)
-            previous = None
-            continue
-        if previous is not None:
-            bad_streak = bad_streak + 1 if bool(np.asarray(previous["train/step_skipped"])) else 0
-            if bad_streak >= t.max_bad_steps:
+    try:
+        while step < t.steps:
+            if stop.signal is not None:
+                save(step)
                 checkpointer.wait()
-                raise RunFailed(f"{bad_streak} steps in a row had a non-finite loss or gradient "
-                                f"(train.max_bad_steps={t.max_bad_steps}); stopped at step {step}")
-        previous = metrics
-        step += 1
-        window_steps += 1
-        if step % cfg.logging.log_every == 0 or step == t.steps:
-            last = summarize(metrics)  # reading the metrics waits for the step
-            elapsed = time.perf_counter() - window_start
-            last.update(_perf(elapsed / window_steps, t.global_batch, cfg.data.timesteps))
-            last.update({"system/recoveries": float(len(failures)), "system/workers": float(workers),
-                         "ckpt/save_block_s": save_block[-1] if save_block else 0.0})
-            tracker.log(last, step)
-            eta = (time.perf_counter() - began) / max(step - start_step, 1) * (t.steps - step)
-            progress.update(step, last, eta)
-            window_start, window_steps = time.perf_counter(), 0
-        if images_every and (step % images_every == 0 or step == t.steps):
-            tracker.log_images(_pictures(cfg, runner, drawer), step)
-        evaluation = None
-        if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
-            evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
-            tracker.log(evaluation, step)
-            window_start = time.perf_counter()  # keep eval time out of perf/step_time_s
-        if step % cfg.checkpoint.every_steps == 0 or step == t.steps:
-            save(step, evaluation)
-    progress.close()
-    if drawer is not None:
-        drawer.close()  # waits for drawings still under way
+                raise Preempted(f"stopped by signal {stop.signal} at step {step}; checkpoint committed; "
+                                f"continue with --resume")
+            indices = batch_indices(step, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
+            try:
+                metrics = runner.step(indices)
+            except WorkerLost as err:
+                step = _recover(cfg, runner, checkpointer, err, step, failures, tracker, say)
+                previous = None
+                continue
+            if previous is not None:
+                bad_streak = bad_streak + 1 if bool(np.asarray(previous["train/step_skipped"])) else 0
+                if bad_streak >= t.max_bad_steps:
+                    checkpointer.wait()
+                    raise RunFailed(f"{bad_streak} steps in a row had a non-finite loss or gradient "
+                                    f"(train.max_bad_steps={t.max_bad_steps}); stopped at step {step}")
+            previous = metrics
+            step += 1
+            window_steps += 1
+            if step % cfg.logging.log_every == 0 or step == t.steps:
+                last = summarize(metrics)  # reading the metrics waits for the step
+                elapsed = time.perf_counter() - window_start
+                last.update(_perf(elapsed / window_steps, t.global_batch, cfg.data.timesteps))
+                last.update({"system/recoveries": float(len(failures)), "system/workers": float(workers),
+                             "ckpt/save_block_s": save_block[-1] if save_block else 0.0})
+                tracker.log(last, step)
+                eta = (time.perf_counter() - began) / max(step - start_step, 1) * (t.steps - step)
+                progress.update(step, last, eta)
+                window_start, window_steps = time.perf_counter(), 0
+            if images_every and (step % images_every == 0 or step == t.steps):
+                tracker.log_images(_pictures(cfg, runner, drawer), step)
+            evaluation = None
+            if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+                evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
+                tracker.log(evaluation, step)
+                window_start = time.perf_counter()  # keep eval time out of perf/step_time_s
+            if step % cfg.checkpoint.every_steps == 0 or step == t.steps:
+                save(step, evaluation)
+    finally:  # also on a stop signal or a failure: end the bar, let drawings under way finish
+        progress.close()
+        if drawer is not None:
+            drawer.close()
     checkpointer.wait()
     if evaluation is None:  # resumed a finished run
         evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")

@@ -123,3 +123,17 @@ def test_api_key_is_written_nowhere(tmp_path):
     assert len(files) > 10
     leaked = [str(p) for p in files if marker.encode() in p.read_bytes()]
     assert not leaked, leaked
+
+
+def test_progress_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
+    args = ["train", "--config", "configs/tutorial.yaml", "--local", *_sets(
+        ["train.steps=100", "logging.log_every=50", "logging.wandb.mode=disabled"])]
+    # util-linux `script` gives the command a pseudo-terminal.
+    command = " ".join([sys.executable, "-m", "snndist", *args, "--run-dir", str(tmp_path / "tty")])
+    on_tty = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=300)
+    assert on_tty.returncode == 0, on_tty.stdout
+    assert "━" in on_tty.stdout and "100/100" in on_tty.stdout and "samples/s" in on_tty.stdout
+    assert "step 50/100" not in on_tty.stdout, "a terminal gets the bar, not the plain lines"
+    plain = _train(*args[1:], "--run-dir", str(tmp_path / "plain"), env=_env(tmp_path / "home"))
+    assert plain.returncode == 0, plain.stderr
+    assert "step 50/100  loss" in plain.stdout and "━" not in plain.stdout
