@@ -61,7 +61,7 @@ def one_run(logged: bool, steps: int, tmp: Path, images_every: int) -> float:
     runner = LocalRunner(cfg, devices=1)
     runner.step(np.arange(cfg.train.global_batch))  # compile outside the timing
     tracker = (BackgroundTracker(MultiTracker(JsonlTracker(run), WandbTracker(
-        run, cfg.logging.wandb, cfg.to_dict(), say=lambda _: None))) if logged else _Nowhere())
+        run, cfg.logging.wandb, cfg.to_dict(), say=lambda _: None, system_stats=cfg.logging.wandb.system_stats))) if logged else _Nowhere())
     checkpointer = Checkpointer(run, cfg.checkpoint, say=lambda _: None)
     clocked = _Clocked(runner)
     fit(cfg, clocked, tracker, checkpointer, say=lambda _: None)

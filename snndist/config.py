@@ -141,6 +141,7 @@ class WandbConfig:
     tags: tuple[str, ...] = ()
     name: Optional[str] = None  # None: the run directory's name
     images_every: int = 500  # steps between spike-raster / voltage / readout images; 0: off
+    system_stats: bool = False  # W&B's CPU/GPU/memory sampling: a few % of a small CPU run's time
 
 
 @dataclass(frozen=True)

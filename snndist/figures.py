@@ -2,15 +2,8 @@
 
 Pure functions of numpy arrays (jax arrays are converted) that return a
 ``matplotlib.figure.Figure`` drawn on an Agg canvas: no pyplot state, no
-display, safe off the main thread. Figures are small (6 inches wide, dpi 100)
-so that logging them every few hundred steps stays cheap.
-
-``network_figures`` builds the named set that the W&B tracker logs::
-
-    images/input_raster, images/hidden_raster/<layer>, images/voltage/<layer>,
-    images/readout, images/rate_hist/<layer>
-
-with layers named ``hidden0``, ``hidden1``, ... as in ``snndist.network``.
+display. ``snndist plot`` draws with them; during training, W&B gets the
+same pictures drawn far faster, without axes, by ``snndist.pixels``.
 """
 from __future__ import annotations
 
@@ -27,7 +20,6 @@ from matplotlib.ticker import MaxNLocator
 WIDTH_IN = 6.0
 HEIGHT_IN = 3.0
 DPI = 100
-MAX_VOLTAGE_NEURONS = 6
 
 
 def _figure(height: float = HEIGHT_IN, width: float = WIDTH_IN) -> Figure:
@@ -190,54 +182,6 @@ def firing_rates_hz(spikes: Any, dt_ms: float) -> np.ndarray:
     s = np.asarray(spikes, np.float64)
     s = s.reshape(s.shape[0], -1, s.shape[-1])
     return s.mean(axis=(0, 1)) * (1000.0 / dt_ms)
-
-
-def network_figures(trace: Any, inputs: Any | None = None, sample: int = 0, dt_ms: float = 1.0,
-                    thresholds: Sequence[float] | None = None, label: int | None = None,
-                    max_voltage_neurons: int = MAX_VOLTAGE_NEURONS) -> dict[str, Figure]:
-    """The named figure set for one sample of a ``snndist.network.Trace``.
-
-    ``trace`` holds ``[T, batch, n]`` arrays (numpy or jax). ``inputs`` is the
-    sample's dense input raster ``[T, n_in]``, or the dense batch
-    ``[batch, T, n_in]`` as given to ``forward`` (``sample`` is taken); None
-    leaves out the input raster. ``thresholds`` (one per hidden layer, 1.0
-    where missing) are drawn on the voltage panels. Rate histograms use the
-    whole batch; everything else shows ``sample``.
-    """
-    figs: dict[str, Figure] = {}
-    if inputs is not None:
-        x = np.asarray(inputs)
-        if x.ndim == 3:
-            x = x[sample]
-        figs["images/input_raster"] = spike_raster(x, title="input spikes", dt_ms=dt_ms)
-    thresholds = list(thresholds or [])
-    for i, (v, s) in enumerate(zip(trace.voltages, trace.spikes)):
-        layer = f"hidden{i}"
-        v, s = np.asarray(v), np.asarray(s)
-        threshold = float(thresholds[i]) if i < len(thresholds) else 1.0
-        figs[f"images/hidden_raster/{layer}"] = spike_raster(s[:, sample], title=f"{layer} spikes", dt_ms=dt_ms)
-        k = min(max_voltage_neurons, v.shape[-1])
-        figs[f"images/voltage/{layer}"] = voltage_traces(v[:, sample, :k], s[:, sample, :k], threshold, dt_ms,
-                                                         title=f"{layer} membrane voltage (first {k})")
-        figs[f"images/rate_hist/{layer}"] = rate_histogram(firing_rates_hz(s, dt_ms), layer)
-    readout = np.asarray(trace.readout)[:, sample]
-    title = "readout"
-    logits = getattr(trace, "logits", None)
-    if logits is not None:
-        title = f"readout  (predicted {int(np.asarray(logits)[sample].argmax())})"
-    figs["images/readout"] = readout_traces(readout, label=label, dt_ms=dt_ms, title=title)
-    return figs
-
-
-def network_images(trace: Any, inputs: Any | None = None, sample: int = 0, dt_ms: float = 1.0,
-                   thresholds: Sequence[float] | None = None, label: int | None = None) -> dict[str, np.ndarray]:
-    """``network_figures`` rendered to RGB arrays (what crosses a process boundary cheaply)."""
-    figs = network_figures(trace, inputs, sample, dt_ms, thresholds, label)
-    try:
-        return {name: to_rgb(fig) for name, fig in figs.items()}
-    finally:
-        for fig in figs.values():
-            close(fig)
 
 
 def to_rgb(fig: Figure) -> np.ndarray:

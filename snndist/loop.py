@@ -18,9 +18,9 @@ import numpy as np
 from snndist.checkpoint import Checkpointer
 from snndist.config import Config
 from snndist.data.order import batch_indices, data_position
-from snndist.drawing import Drawer
 from snndist.errors import SnndistError, WorkerLost
 from snndist.metrics import summarize
+from snndist.pixels import network_pixels
 from snndist.progress import Progress
 from snndist.tracking import Tracker
 
@@ -72,7 +72,6 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
     progress = Progress(t.steps, start_step, say)
     say = progress.note
     images_every = cfg.logging.wandb.images_every if getattr(tracker, "takes_images", False) else 0
-    drawer = Drawer() if images_every else None
     began = window_start = time.perf_counter()
     window_steps, bad_streak, failures, save_block = 0, 0, [], []
     workers = max(runner.topology()["workers"], 1)
@@ -122,7 +121,7 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
                 progress.update(step, last, eta)
                 window_start, window_steps = time.perf_counter(), 0
             if images_every and (step % images_every == 0 or step == t.steps):
-                tracker.log_images(_pictures(cfg, runner, drawer), step)
+                tracker.log_images(_pictures(cfg, runner), step)
             evaluation = None
             if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
                 evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
@@ -130,10 +129,8 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
                 window_start = time.perf_counter()  # keep eval time out of perf/step_time_s
             if step % cfg.checkpoint.every_steps == 0 or step == t.steps:
                 save(step, evaluation)
-    finally:  # also on a stop signal or a failure: end the bar, let drawings under way finish
+    finally:  # also on a stop signal or a failure
         progress.close()
-        if drawer is not None:
-            drawer.close()
     checkpointer.wait()
     if evaluation is None:  # resumed a finished run
         evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
@@ -178,13 +175,16 @@ def _perf(step_time_s: float, global_batch: int, timesteps: int) -> dict[str, fl
 PICTURED_SAMPLES = np.arange(4)  # fixed samples, so pictures compare across steps
 
 
-def _pictures(cfg: Config, runner, drawer: Drawer) -> Callable[[], dict]:
-    """The seed tutorial's figures for sample 0, rate histograms over a few samples.
+def _pictures(cfg: Config, runner) -> Callable[[], dict]:
+    """The seed tutorial's pictures for sample 0, rate histograms over a few samples.
 
-    The network runs now (it needs the runner) and the drawing starts in the
-    drawer's process; the returned call waits for it, on the tracker's thread.
+    The network runs now (it needs the runner); the drawing is returned, to
+    run on the tracker's thread.
     """
     seen = runner.trace(PICTURED_SAMPLES[:runner.num_samples])
-    drawn = drawer.draw(seen["trace"], seen["inputs"], sample=0, dt_ms=cfg.data.dt_ms,
-                        thresholds=[l.threshold for l in cfg.model.layers], label=int(seen["labels"][0]))
-    return drawn.result
+
+    def draw() -> dict:
+        return network_pixels(seen["trace"], seen["inputs"], sample=0, dt_ms=cfg.data.dt_ms,
+                              thresholds=[l.threshold for l in cfg.model.layers], label=int(seen["labels"][0]))
+
+    return draw

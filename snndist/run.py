@@ -86,7 +86,7 @@ def _wandb(cfg: Config, run_dir: Path, run_id: str | None, say) -> list:
     if resolve_mode(cfg.logging.wandb) == "disabled":
         return []
     tracker = WandbTracker(run_dir, cfg.logging.wandb, cfg.to_dict(), run_id=run_id, default_name=run_dir.name,
-                           say=say)
+                           say=say, system_stats=cfg.logging.wandb.system_stats)
     say(f"W&B: run {tracker.run_id} ({tracker.mode}" + (", sync later with `wandb sync`)"
                                                           if tracker.mode == "offline" else ")"))
     return [tracker]

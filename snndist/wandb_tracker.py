@@ -203,23 +203,32 @@ class WandbTracker:
         self.run.log(row, step=int(step))
 
     def log_images(self, images: Mapping[str, Any], step: int) -> None:
-        """Log matplotlib figures or RGB arrays as ``wandb.Image`` at ``step``; figures are closed either way."""
+        """Log figures, RGB arrays or (array, caption) pairs as ``wandb.Image`` at ``step``; figures are closed."""
         from matplotlib.figure import Figure
 
-        from snndist.figures import close, to_rgb
+        from snndist.figures import close
 
         try:
             if self._finished or not images or not self._accept(step, "images"):
                 return
             # Figures are rendered here (Agg) rather than by wandb, whose matplotlib path needs pyplot.
-            row: dict[str, Any] = {k: self._wandb.Image(to_rgb(v) if isinstance(v, Figure) else v)
-                                   for k, v in images.items()}
+            row: dict[str, Any] = {k: self._image(v) for k, v in images.items()}
             row[STEP_METRIC] = int(step)
             self.run.log(row, step=int(step))
         finally:
             for v in images.values():
                 if isinstance(v, Figure):
                     close(v)
+
+    def _image(self, value: Any):
+        """A figure, an RGB array, or an (RGB array, caption) pair, as a ``wandb.Image``."""
+        from matplotlib.figure import Figure
+
+        from snndist.figures import to_rgb
+
+        if isinstance(value, tuple):
+            return self._wandb.Image(value[0], caption=value[1])
+        return self._wandb.Image(to_rgb(value) if isinstance(value, Figure) else value)
 
     def summary(self, metrics: dict[str, float]) -> None:
         if self._finished:

@@ -39,30 +39,32 @@ def test_builders_save_non_blank_png(tmp_path, name, build, size):
     _check_png(build(), tmp_path / f"{name}.png", size)
 
 
-def test_network_figures_from_a_forward_pass(tmp_path):
+def test_network_pixels_from_a_forward_pass():
     import jax
 
     from snndist.config import from_dict
     from snndist.network import forward, init_params, network_spec
+    from snndist.pixels import network_pixels
 
-    cfg = from_dict({"model": {"layers": [{"size": 16}, {"size": 8, "threshold": 0.5}]},
+    cfg = from_dict({"model": {"layers": [{"size": 16, "init_scale": 40.0}, {"size": 8, "threshold": 0.5}]},
                      "data": {"timesteps": 50, "num_inputs": 20}})
     x = np.random.default_rng(1).random((3, 50, 20)) < 0.2
-    trace = forward(init_params(jax.random.PRNGKey(0), cfg), x, network_spec(cfg))
-    figs = figures.network_figures(trace, x, sample=1, dt_ms=cfg.data.dt_ms,
-                                   thresholds=[l.threshold for l in cfg.model.layers], label=0)
-    assert sorted(figs) == sorted([
+    trace = jax.tree.map(np.asarray, forward(init_params(jax.random.PRNGKey(0), cfg), x, network_spec(cfg)))
+    assert trace.spikes[0].sum() > 0, "the pictures need spikes to show"
+    images = network_pixels(trace, x, sample=1, dt_ms=cfg.data.dt_ms,
+                            thresholds=[l.threshold for l in cfg.model.layers], label=0)
+    assert sorted(images) == sorted([
         "images/input_raster", "images/readout",
         "images/hidden_raster/hidden0", "images/hidden_raster/hidden1",
         "images/voltage/hidden0", "images/voltage/hidden1",
         "images/rate_hist/hidden0", "images/rate_hist/hidden1"])
-    for key, fig in figs.items():
-        path = tmp_path / (key.replace("/", "_") + ".png")
-        figures.save_png(fig, path)
-        assert path.read_bytes()[:8] == PNG_SIGNATURE
-        assert imread(path)[..., :3].std() > 0
-    # The voltage panels show at most 6 neurons; the input raster the chosen sample.
-    assert len(figures.voltage_traces(np.zeros((5, 6)), None, 1.0).axes) == 6
+    for key, (pixels, caption) in images.items():
+        assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3, key
+        assert pixels.std() > 0 and caption, key
+    # The input raster shows the chosen sample: one black pixel band per input spike.
+    raster = images["images/input_raster"][0]
+    assert (raster.min(axis=2) == 0).any(axis=1).reshape(20, -1).any(axis=1).sum() == x[1].any(axis=0).sum()
+    assert images["images/voltage/hidden0"][0].shape[0] == 6 * 48, "at most 6 neurons, one strip each"
 
 
 def test_rates():
