@@ -88,43 +88,6 @@ def voltage_traces(voltages: Any, spikes: Any | None = None, threshold: float = 
     return fig
 
 
-def readout_traces(readout: Any, label: int | None = None, dt_ms: float = 1.0,
-                   title: str = "readout") -> Figure:
-    """``readout: [T, classes]``: one line per class; the label's class drawn thicker."""
-    o = _array(readout, 2, "readout").astype(np.float64)
-    steps, classes = o.shape
-    t = _time_ms(steps, dt_ms)
-    fig = _figure()
-    ax = fig.add_subplot()
-    for c in range(classes):
-        is_label = label is not None and c == int(label)
-        ax.plot(t, o[:, c], lw=2.0 if is_label else 1.0, label=f"class {c}" + (" (label)" if is_label else ""))
-    if classes <= 10:
-        ax.legend(fontsize=7, loc="best")
-    ax.set_xlabel("time (ms)")
-    ax.set_ylabel("readout")
-    ax.set_title(title if label is None else f"{title}  (label {int(label)})", fontsize=10)
-    return fig
-
-
-def rate_histogram(rates_hz: Any, layer: str = "hidden") -> Figure:
-    """``rates_hz: [n]``: histogram of per-neuron firing rates."""
-    r = np.asarray(rates_hz, np.float64).reshape(-1)
-    r = r[np.isfinite(r)]
-    fig = _figure()
-    ax = fig.add_subplot()
-    if r.size:
-        ax.hist(r, bins=int(min(30, max(5, math.ceil(math.sqrt(r.size))))), color="tab:blue", edgecolor="white")
-        mean = f"mean {r.mean():.2f} Hz, silent {int((r == 0).sum())}/{r.size}"
-    else:
-        ax.text(0.5, 0.5, "no neurons", ha="center", va="center", transform=ax.transAxes)
-        mean = "empty"
-    ax.set_xlabel("firing rate (Hz)")
-    ax.set_ylabel("neurons")
-    ax.set_title(f"{layer} firing rates  ({mean})", fontsize=10)
-    return fig
-
-
 def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
     steps, values = [], []
     for row in rows:
@@ -175,13 +138,6 @@ def loss_curve(rows: Sequence[Mapping[str, Any]]) -> Figure:
         ax.set_title("accuracy", fontsize=10)
         ax.legend(fontsize=7)
     return fig
-
-
-def firing_rates_hz(spikes: Any, dt_ms: float) -> np.ndarray:
-    """``[T, batch, n]`` (or ``[T, n]``) spikes -> per-neuron rate in Hz, averaged over time and batch."""
-    s = np.asarray(spikes, np.float64)
-    s = s.reshape(s.shape[0], -1, s.shape[-1])
-    return s.mean(axis=(0, 1)) * (1000.0 / dt_ms)
 
 
 def to_rgb(fig: Figure) -> np.ndarray:

@@ -84,6 +84,11 @@ def histogram(values: np.ndarray, bins: int = 20) -> np.ndarray:
     return img
 
 
+def firing_rates_hz(spikes: np.ndarray, dt_ms: float) -> np.ndarray:
+    """Per-neuron rate over time and batch, ``spikes [T, batch, n]`` -> ``[n]`` in Hz."""
+    return np.asarray(spikes, np.float64).mean(axis=(0, 1)) * (1000.0 / dt_ms)
+
+
 def network_pixels(trace: Any, inputs: np.ndarray, sample: int, dt_ms: float, thresholds: Sequence[float],
                    label: int | None = None, max_neurons: int = 6) -> dict[str, tuple[np.ndarray, str]]:
     """name -> (RGB array, caption) for one sample of a forward ``trace`` ([T, batch, n] arrays)."""
@@ -98,7 +103,7 @@ def network_pixels(trace: Any, inputs: np.ndarray, sample: int, dt_ms: float, th
         out[f"images/voltage/{layer}"] = (voltages(v[:, sample, :k], s[:, sample, :k], thresholds[i]),
                                           f"{layer} membrane voltage of neurons 0-{k - 1}; grey: threshold; "
                                           f"red: spikes; {span}")
-        rates = s.mean(axis=(0, 1)) * (1000.0 / dt_ms)
+        rates = firing_rates_hz(s, dt_ms)
         out[f"images/rate_hist/{layer}"] = (histogram(rates), f"{layer} firing rates, {rates.min():.1f} to "
                                                               f"{rates.max():.1f} Hz, 20 bins")
     predicted = int(np.asarray(trace.logits)[sample].argmax())

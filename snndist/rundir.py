@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from snndist.config import Config, ConfigError, dump_yaml
+from snndist.errors import ConfigError
 
 
 def default_run_dir(config_path: str | None) -> Path:
@@ -18,12 +18,4 @@ def check_run_dir_free(path: Path) -> Path:
     if (path / "config.yaml").exists() or (path / "checkpoints").exists():
         raise ConfigError(f"{path}: run directory already holds a run; "
                           f"pass --resume {path} to continue it, or choose another --run-dir")
-    return path
-
-
-def create_run_dir(path: Path, cfg: Config) -> Path:
-    """Make ``path`` and write the resolved config."""
-    path = check_run_dir_free(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.yaml").write_text(dump_yaml(cfg))
     return path

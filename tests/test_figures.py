@@ -25,10 +25,6 @@ def _check_png(fig, path, size):
     ("voltage", lambda: figures.voltage_traces(RNG.normal(size=(80, 6)).cumsum(0), RNG.random((80, 6)) < 0.1,
                                                threshold=1.0, dt_ms=1.0), (450, 600)),
     ("voltage_no_spikes", lambda: figures.voltage_traces(RNG.normal(size=(80, 2)), None, 0.5), (300, 600)),
-    ("readout", lambda: figures.readout_traces(RNG.normal(size=(60, 3)).cumsum(0), label=2, dt_ms=1.0),
-     (300, 600)),
-    ("rate_hist", lambda: figures.rate_histogram(RNG.gamma(2.0, 5.0, size=64), "hidden1"), (300, 600)),
-    ("rate_hist_silent", lambda: figures.rate_histogram(np.zeros(4), "hidden0"), (300, 600)),
     ("loss_only", lambda: figures.loss_curve([{"step": s, "train/loss": 1.0 / s} for s in range(1, 40)]),
      (300, 600)),
     ("loss_acc", lambda: figures.loss_curve(
@@ -68,10 +64,12 @@ def test_network_pixels_from_a_forward_pass():
 
 
 def test_rates():
+    from snndist.pixels import firing_rates_hz
+
     spikes = np.zeros((10, 2, 3), bool)
     spikes[:, :, 0] = True  # every step: 1000 Hz at dt 1 ms
     spikes[::2, 0, 1] = True  # every other step in one sample of two: 250 Hz over the batch
-    np.testing.assert_allclose(figures.firing_rates_hz(spikes, dt_ms=1.0), [1000.0, 250.0, 0.0])
+    np.testing.assert_allclose(firing_rates_hz(spikes, dt_ms=1.0), [1000.0, 250.0, 0.0])
 
 
 def test_to_rgb_and_close():
