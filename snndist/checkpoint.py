@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from snndist.config import CheckpointConfig
 from snndist.errors import SnndistError
+from snndist.rundir import is_remote, run_path
 
 ITEMS = ("params", "opt_state", "meta")
 
@@ -35,8 +36,10 @@ class CheckpointError(SnndistError):
 
 
 class Checkpointer:
-    def __init__(self, run_dir: Path, cfg: CheckpointConfig, say: Callable[[str], None] = print):
-        self.directory = (Path(run_dir) / "checkpoints").absolute()
+    def __init__(self, run_dir: epath.Path, cfg: CheckpointConfig, say: Callable[[str], None] = print):
+        self.directory = run_path(run_dir) / "checkpoints"
+        if not is_remote(self.directory):
+            self.directory = self.directory.absolute()
         self.say = say
         keep: list = [policies.LatestN(cfg.keep)]
         if cfg.keep_best:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from snndist.errors import ConfigError, SnndistError
 
@@ -105,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from snndist.report import evaluate_run
 
-    metrics = evaluate_run(Path(args.run_dir), args.split)
+    metrics = evaluate_run(args.run_dir, args.split)
     for key, value in metrics.items():
         print(f"{key:<32} {value}")
     return 0
@@ -114,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from snndist.report import plot_run
 
-    for path in plot_run(Path(args.run_dir)):
+    for path in plot_run(args.run_dir):
         print(f"wrote {path}")
     return 0
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from etils import epath
 
 from snndist.errors import ConfigError
 
@@ -184,7 +185,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     """Read ``path`` (None: all defaults), apply ``--set`` overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = epath.Path(path)  # a run's config.yaml may be at gs://
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:

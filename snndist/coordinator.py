@@ -17,11 +17,12 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from snndist import cluster
 from snndist.config import Config
 from snndist.data.order import plan_shards
-from snndist.errors import ClusterError, WorkerError, WorkerLost
+from snndist.errors import ConfigError, WorkerError, WorkerLost
 from snndist.metrics import Metrics, weighted_mean, weighted_tree_mean
 from snndist.worker import Worker
 
 SHUTDOWN_TIMEOUT_S = 30
+DRAIN_POLL_S = 2.0  # how often to ask Ray whether a node of this run is being drained
 
 
 class RayRunner:
@@ -62,6 +63,8 @@ class RayRunner:
         if t.grad_sync == "xla":
             address = self._gather([self.workers[0].address.remote()], ranks=[0], timeout=timeout)[0]
         infos = self._gather([w.setup.remote(address) for w in self.workers], timeout=timeout)
+        self.nodes = {ray.get_runtime_context().get_node_id(), *(info["node"] for info in infos)}
+        self.drain_checked = time.monotonic()
         self.local_devices = infos[0]["local_devices"]
         self.num_samples = infos[0]["num_samples"]
         self.say(f"{t.workers} worker(s) x {self.local_devices} {infos[0]['platform']} device(s), "
@@ -132,15 +135,33 @@ class RayRunner:
     def worker_pids(self) -> list[int]:
         return self._gather([w.pid.remote() for w in self.workers])
 
-    def check_visible(self, path: str) -> None:
-        """On a multi-node cluster, refuse a run directory some worker's node cannot see."""
+    def check_visible(self, path: str, run_dir: str) -> None:
+        """On a multi-node cluster, refuse a run directory (holding the new file ``path``) some worker cannot see."""
         if len([n for n in ray.nodes() if n["Alive"]]) < 2:
             return
         missing = [r for r, seen in enumerate(self._gather([w.can_see.remote(path) for w in self.workers]))
                    if not seen]
         if missing:
-            raise ClusterError(f"{path} is not visible from worker {missing[0]}'s node: on a multi-node cluster "
-                               "the run directory must be on a shared filesystem")
+            raise ConfigError(f"run directory {run_dir} is not visible from worker {missing[0]}'s node: on a "
+                               "multi-node cluster it must be on a shared filesystem (or gs://)")
+
+    def preemption_notice(self) -> str | None:
+        """Ray's drain notice (a preemption, or the autoscaler taking the node) for a node this run uses.
+
+        Asked of Ray's GCS at most every DRAIN_POLL_S: a few ms per ask, against steps of a few ms.
+        """
+        now = time.monotonic()
+        if now - self.drain_checked < DRAIN_POLL_S:
+            return None
+        self.drain_checked = now
+        # Ray has no public call for this yet; Ray Data and Serve read the same one.
+        draining = ray._private.state.state.get_draining_nodes()  # {node id: deadline in ms, 0: none}
+        ours = sorted(self.nodes & set(draining))
+        if not ours:
+            return None
+        deadline_ms = draining[ours[0]]
+        left = f", {deadline_ms / 1000 - time.time():.0f} s before it goes" if deadline_ms else ""
+        return f"Ray's drain notice for node {ours[0]}{left}"
 
     def check_replicas(self) -> None:
         """Every replica must hold bitwise the same parameters (coordinator sync)."""

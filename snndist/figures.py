@@ -7,12 +7,14 @@ same pictures drawn far faster, without axes, by ``snndist.pixels``.
 """
 from __future__ import annotations
 
+import io
 import math
+import os
 import sys
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -155,12 +157,14 @@ def close(fig: Figure) -> None:
     fig.clear()
 
 
-def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (parents created) and close it."""
-    path = Path(path)
+def save_png(fig: Figure, path: str | os.PathLike) -> epath.Path:
+    """Write ``fig`` as a PNG at ``path`` (local or gs://; parents created) and close it."""
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    png = io.BytesIO()
     try:
-        fig.savefig(path, format="png", dpi=fig.dpi)
+        fig.savefig(png, format="png", dpi=fig.dpi)
     finally:
         close(fig)
+    path.write_bytes(png.getvalue())
     return path

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from snndist.errors import ClusterError, ConfigError, SnndistError
+from snndist.rundir import is_remote
 
 #: (connect, read) seconds for each HTTP request to the dashboard; uploads of
 #: the working dir and of the snndist package are small.
@@ -319,8 +320,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     load_config(args.config, args.set)  # ConfigError (exit 2) before touching the cluster
     address = resolve_address(args.address)
-    run_dir = (os.path.abspath(os.path.expanduser(args.run_dir)) if args.run_dir
-               else default_remote_run_dir(args.config))
+    if not args.run_dir:
+        run_dir = default_remote_run_dir(args.config)
+    elif is_remote(args.run_dir):
+        run_dir = args.run_dir
+    else:  # the job's working directory is a copy: a relative path would land inside it
+        run_dir = os.path.abspath(os.path.expanduser(args.run_dir))
 
     tmp = None
     try:

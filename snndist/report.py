@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from etils import epath
+
 from snndist.checkpoint import Checkpointer
 from snndist.config import ConfigError, load_config
 from snndist.metrics import summarize
+from snndist.rundir import run_path
 
 
-def _trained(run_dir: Path):
+def _trained(run_dir: epath.Path):
     """The run's config and a local runner holding its newest checkpoint."""
     from snndist.local import LocalRunner
 
@@ -29,21 +32,21 @@ def _trained(run_dir: Path):
     return cfg, runner, meta["step"]
 
 
-def evaluate_run(run_dir: Path, split: str) -> dict[str, float]:
+def evaluate_run(run_dir: str | Path, split: str) -> dict[str, float]:
     """Eval loss, accuracy and per-layer rates of the newest checkpoint; also written to eval_<split>.json."""
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     cfg, runner, step = _trained(run_dir)
     metrics = {"step": step, "split": split, **summarize(runner.evaluate(split), prefix="eval")}
     (run_dir / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
-def plot_run(run_dir: Path) -> list[Path]:
+def plot_run(run_dir: str | Path) -> list[epath.Path]:
     """``plots/loss.png`` from metrics.jsonl; ``plots/raster.png`` and ``plots/voltage.png`` from the
     newest checkpoint on sample 0 of the training set."""
     from snndist import figures
 
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     metrics_file = run_dir / "metrics.jsonl"
     if not metrics_file.is_file():
         raise ConfigError(f"{run_dir}: no metrics.jsonl to plot")

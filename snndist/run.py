@@ -1,22 +1,25 @@
 """Starting a training run: new or resumed, local or on Ray; trackers and checkpoints."""
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 from typing import Callable
 
+from etils import epath
+
 from snndist.checkpoint import Checkpointer
 from snndist.config import Config, ConfigError, dump_yaml, load_config
 from snndist.loop import RESUMABLE_TRAIN_FIELDS, StopSignal, config_hash, fit
-from snndist.rundir import check_run_dir_free
+from snndist.rundir import check_run_dir_free, is_remote, local_dir_for, run_path
 from snndist.tracking import BackgroundTracker, JsonlTracker, MultiTracker
 
 RESUMABLE_SECTIONS = ("logging", "checkpoint", "cluster")
 
 
-def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
     """The run's saved config with ``overrides``, which may not change the math."""
-    saved_path = Path(run_dir) / "config.yaml"
+    saved_path = run_path(run_dir) / "config.yaml"
     if not saved_path.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     saved = load_config(saved_path)
@@ -35,23 +38,23 @@ def _changed_fields(a, b, path="") -> list[str]:
     return [path] if a != b else []
 
 
-def train(cfg: Config, run_dir: Path, *, local: bool, resume: bool = False, restart: bool = False,
+def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False, restart: bool = False,
           say: Callable[[str], None] = print) -> dict:
     """Run (or continue) the training ``cfg`` describes in ``run_dir``; returns the summary."""
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     if not resume:
         check_run_dir_free(run_dir)
     stop = StopSignal().install()
     runner = _runner(cfg, run_dir, local, say)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not local and not is_remote(run_dir):  # gs:// is the same from every node
+            _check_shared(runner, run_dir)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         if restart and (run_dir / "checkpoints").exists():
             aside = run_dir / f"checkpoints.before-restart-{time.strftime('%Y%m%d-%H%M%S')}"
             (run_dir / "checkpoints").rename(aside)
             say(f"--restart: earlier checkpoints kept in {aside}")
-        if not local:
-            runner.check_visible(str(run_dir.absolute() / "config.yaml"))
         checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=say)
         start_step, wandb_run_id = 0, None
         if resume:
@@ -79,20 +82,35 @@ def train(cfg: Config, run_dir: Path, *, local: bool, resume: bool = False, rest
             runner.close()
 
 
-def _wandb(cfg: Config, run_dir: Path, run_id: str | None, say) -> list:
-    """The W&B tracker, unless ``logging.wandb.mode`` is disabled; it continues ``run_id`` on resume."""
+def _check_shared(runner, run_dir: epath.Path) -> None:
+    """Before anything is written: every worker's node must see the run directory (a new marker file)."""
+    marker = run_dir.absolute() / f".visible-{secrets.token_hex(8)}"
+    marker.touch()
+    try:
+        runner.check_visible(str(marker), str(run_dir))
+    finally:
+        marker.unlink()
+
+
+def _wandb(cfg: Config, run_dir: epath.Path, run_id: str | None, say) -> list:
+    """The W&B tracker, unless ``logging.wandb.mode`` is disabled; it continues ``run_id`` on resume.
+
+    W&B writes its files on this machine: in the run directory, or for gs:// in a local mirror of it.
+    """
     from snndist.wandb_tracker import WandbTracker, resolve_mode
 
     if resolve_mode(cfg.logging.wandb) == "disabled":
         return []
-    tracker = WandbTracker(run_dir, cfg.logging.wandb, cfg.to_dict(), run_id=run_id, default_name=run_dir.name,
+    local = local_dir_for(run_dir)
+    tracker = WandbTracker(local, cfg.logging.wandb, cfg.to_dict(), run_id=run_id, default_name=run_dir.name,
                            say=say, system_stats=cfg.logging.wandb.system_stats)
-    say(f"W&B: run {tracker.run_id} ({tracker.mode}" + (", sync later with `wandb sync`)"
-                                                          if tracker.mode == "offline" else ")"))
+    say(f"W&B: run {tracker.run_id} ({tracker.mode}"
+        + (", sync later with `wandb sync`" if tracker.mode == "offline" else "")
+        + (f"; its local files in {local}" if is_remote(run_dir) else "") + ")")
     return [tracker]
 
 
-def _runner(cfg: Config, run_dir: Path, local: bool, say):
+def _runner(cfg: Config, run_dir: epath.Path, local: bool, say):
     if local:
         from snndist.local import LocalRunner
 

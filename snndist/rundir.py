@@ -1,20 +1,52 @@
-"""The run directory: ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ..."""
+"""The run directory: ``config.yaml``, ``metrics.jsonl``, ``summary.json``,
+``checkpoints/``, ... on a local or shared filesystem, or at ``gs://bucket/path``.
+
+Paths are ``etils.epath`` paths, the ones Orbax writes through: one type for
+both kinds, with ``gs://`` going to Cloud Storage through gcsfs.
+"""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
+from etils import epath
+
 from snndist.errors import ConfigError
 
+REMOTE_PREFIXES = ("gs://",)
 
-def default_run_dir(config_path: str | None) -> Path:
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return str(path).startswith(REMOTE_PREFIXES)
+
+
+def run_path(path: str | os.PathLike) -> epath.Path:
+    """``path`` as a run directory path; refuses URLs other than gs://."""
+    text = os.fspath(path)
+    if "://" in text and not is_remote(text):
+        raise ConfigError(f"{text}: a run directory is a filesystem path or gs://BUCKET/PATH")
+    if is_remote(text) and not text.removeprefix("gs://").split("/", 1)[0]:
+        raise ConfigError(f"{text}: no bucket name (expected gs://BUCKET/PATH)")
+    return epath.Path(text)
+
+
+def local_dir_for(run_dir: epath.Path) -> Path:
+    """A directory on this machine for what must be local (W&B's files): the run directory
+    itself, or for gs:// a mirror under ``$SNNDIST_LOCAL_DIR`` (default ``~/.cache/snndist``)."""
+    if not is_remote(run_dir):
+        return Path(run_dir)
+    root = Path(os.environ.get("SNNDIST_LOCAL_DIR", "~/.cache/snndist")).expanduser()
+    return root / str(run_dir).replace("://", "/", 1)
+
+
+def default_run_dir(config_path: str | None) -> epath.Path:
     stem = Path(config_path).stem if config_path else "run"
-    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return epath.Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_run_dir_free(path: Path) -> Path:
+def check_run_dir_free(path: epath.Path) -> epath.Path:
     """Refuse a directory that holds a run: it is never reused or overwritten."""
-    path = Path(path)
     if (path / "config.yaml").exists() or (path / "checkpoints").exists():
         raise ConfigError(f"{path}: run directory already holds a run; "
                           f"pass --resume {path} to continue it, or choose another --run-dir")

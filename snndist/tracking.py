@@ -8,8 +8,11 @@ import json
 import math
 import queue
 import threading
-from pathlib import Path
 from typing import Callable, Protocol
+
+from etils import epath
+
+from snndist.rundir import is_remote
 
 
 class Tracker(Protocol):
@@ -23,23 +26,37 @@ def _jsonable(value: float) -> float | None:
 
 
 class JsonlTracker:
-    """``metrics.jsonl`` (one object per logged step) and ``summary.json``."""
+    """``metrics.jsonl`` (one object per logged step, appended on resume) and ``summary.json``.
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
-        self._file = open(self.run_dir / "metrics.jsonl", "a")
+    Cloud Storage has no append: there the whole file is written again at
+    each log (a few hundred bytes a row, on the tracker thread).
+    """
+
+    def __init__(self, run_dir: epath.Path):
+        self.run_dir = run_dir
+        path = run_dir / "metrics.jsonl"
+        if is_remote(run_dir):
+            self._file = None
+            self._remote, self._rows = path, [path.read_text()] if path.exists() else []
+        else:
+            self._file = open(path, "a")
         self._summary: dict[str, float] = {}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        line = json.dumps({"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}) + "\n"
+        if self._file is None:
+            self._rows.append(line)
+            self._remote.write_text("".join(self._rows))
+        else:
+            self._file.write(line)
+            self._file.flush()
 
     def summary(self, metrics: dict[str, float]) -> None:
         self._summary.update(metrics)
 
     def finish(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         summary = {k: _jsonable(v) if isinstance(v, float) else v for k, v in self._summary.items()}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 

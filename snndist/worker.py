@@ -49,7 +49,9 @@ class Worker:
         else:
             devices = jax.local_devices()
         self.replica = Replica(self.cfg, Layout.over(devices))
-        return {"rank": self.rank, "local_devices": self.replica.local_devices, "mesh": self.replica.layout.size,
+        import ray
+
+        return {"rank": self.rank, "node": ray.get_runtime_context().get_node_id(), "local_devices": self.replica.local_devices, "mesh": self.replica.layout.size,
                 "platform": devices[0].platform, "num_samples": self.replica.num_samples("train")}
 
     def train_step(self, shard: Shard) -> dict:

@@ -77,7 +77,7 @@ def test_sigterm_then_resume_is_bitwise_exact(tmp_path, uninterrupted):
             break
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err
-    stopped_at = int(re.search(r"stopped by signal 15 at step (\d+)", err).group(1))
+    stopped_at = int(re.search(r"stopped by signal SIGTERM at step (\d+)", err).group(1))
     assert 30 <= stopped_at < 60
     assert _params(run)[0] == stopped_at, "the checkpoint of the stop committed before the exit"
 

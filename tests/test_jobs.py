@@ -1,23 +1,17 @@
 """The job commands (submit, jobs, status, logs, stop) against a real Ray head
 node with token authentication on; no mocks.
 
-The head runs as ``ray start --head --block`` in its own session, on free
-loopback ports, with a temporary --temp-dir; teardown stops exactly that
-process tree (not ``ray stop``, which would kill every Ray process on the
-machine, other clusters' included).
+The head is one of ``raynodes``: its own session, free loopback ports, a
+temporary --temp-dir, stopped by process tree.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,18 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from raynodes import VENV_BIN, free_port, ray_env, remove, start_head
 
 REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent  # the head must run this environment's ray and python
 CLI = [sys.executable, "-m", "snndist"]
 TUTORIAL = "configs/tutorial.yaml"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -46,77 +34,18 @@ class Cluster:
     token: str
 
 
-def _descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo.extend(children.get(p, []))
-    return found
-
-
-def _stop_head(proc: subprocess.Popen) -> None:
-    """SIGTERM the blocking ``ray start`` (it stops its node); SIGKILL what is left of its tree."""
-    pids = _descendants(proc.pid)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids[1:]):
-        time.sleep(0.2)
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 @pytest.fixture(scope="module")
 def cluster():
     token = secrets.token_hex(16)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH", "WANDB_API_KEY")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
-               PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
-    temp_dir = tempfile.mkdtemp(prefix="snnray-", dir="/tmp")  # short: Ray's socket paths must fit
-    ports = {name: _free_port() for name in (
-        "port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
-        "node-manager-port", "object-manager-port")}
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
-           f"--temp-dir={temp_dir}", "--min-worker-port=0", "--max-worker-port=0",
-           *(f"--{name}={port}" for name, port in ports.items())]
-    log_path = Path(temp_dir) / "ray-start.log"
-    address = f"http://127.0.0.1:{ports['dashboard-port']}"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    env = ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    head, temp_dir = start_head(env)
+    address = head.dashboard
     try:
         deadline = time.monotonic() + 120
         request = urllib.request.Request(f"{address}/api/jobs/",
                                          headers={"Authorization": f"Bearer {token}"})
         while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ray start exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            head.check_running()
             try:
                 with urllib.request.urlopen(request, timeout=5) as r:
                     if r.status == 200:
@@ -125,7 +54,7 @@ def cluster():
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"the dashboard at {address} did not answer within 120 s:\n"
-                            f"{log_path.read_text()[-3000:]}")
+                            f"{head.log.read_text()[-3000:]}")
             time.sleep(0.5)
         # Token auth is on: without the token the dashboard refuses.
         try:
@@ -135,8 +64,8 @@ def cluster():
             assert err.code == 401
         yield Cluster(address=address, env=env, token=token)
     finally:
-        _stop_head(proc)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        head.stop()
+        remove(temp_dir)
 
 
 def snndist(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -270,7 +199,7 @@ def test_stop_running_job(cluster, tmp_path):
 
 
 def test_unreachable_address(cluster):
-    address = f"http://127.0.0.1:{_free_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     line = _one_line_error(snndist("jobs", "--address", address, env=cluster.env, timeout=60))
     assert time.monotonic() - start < 30
