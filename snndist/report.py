@@ -9,7 +9,7 @@ from etils import epath
 from snndist.checkpoint import Checkpointer
 from snndist.config import ConfigError, load_config
 from snndist.metrics import summarize
-from snndist.rundir import run_path
+from snndist.rundir import open_run_dir
 
 
 def _trained(run_dir: epath.Path):
@@ -34,7 +34,7 @@ def _trained(run_dir: epath.Path):
 
 def evaluate_run(run_dir: str | Path, split: str) -> dict[str, float]:
     """Eval loss, accuracy and per-layer rates of the newest checkpoint; also written to eval_<split>.json."""
-    run_dir = run_path(run_dir)
+    run_dir = open_run_dir(run_dir)
     cfg, runner, step = _trained(run_dir)
     metrics = {"step": step, "split": split, **summarize(runner.evaluate(split), prefix="eval")}
     (run_dir / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -46,7 +46,7 @@ def plot_run(run_dir: str | Path) -> list[epath.Path]:
     newest checkpoint on sample 0 of the training set."""
     from snndist import figures
 
-    run_dir = run_path(run_dir)
+    run_dir = open_run_dir(run_dir)
     metrics_file = run_dir / "metrics.jsonl"
     if not metrics_file.is_file():
         raise ConfigError(f"{run_dir}: no metrics.jsonl to plot")

@@ -11,7 +11,7 @@ from etils import epath
 from snndist.checkpoint import Checkpointer
 from snndist.config import Config, ConfigError, dump_yaml, load_config
 from snndist.loop import RESUMABLE_TRAIN_FIELDS, StopSignal, config_hash, fit
-from snndist.rundir import check_run_dir_free, is_remote, local_dir_for, run_path
+from snndist.rundir import check_run_dir_free, is_remote, local_dir_for, open_run_dir
 from snndist.tracking import BackgroundTracker, JsonlTracker, MultiTracker
 
 RESUMABLE_SECTIONS = ("logging", "checkpoint", "cluster")
@@ -19,7 +19,7 @@ RESUMABLE_SECTIONS = ("logging", "checkpoint", "cluster")
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
     """The run's saved config with ``overrides``, which may not change the math."""
-    saved_path = run_path(run_dir) / "config.yaml"
+    saved_path = open_run_dir(run_dir) / "config.yaml"
     if not saved_path.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     saved = load_config(saved_path)
@@ -41,7 +41,7 @@ def _changed_fields(a, b, path="") -> list[str]:
 def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False, restart: bool = False,
           say: Callable[[str], None] = print) -> dict:
     """Run (or continue) the training ``cfg`` describes in ``run_dir``; returns the summary."""
-    run_dir = run_path(run_dir)
+    run_dir = open_run_dir(run_dir)
     if not resume:
         check_run_dir_free(run_dir)
     stop = StopSignal().install()

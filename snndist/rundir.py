@@ -6,6 +6,7 @@ both kinds, with ``gs://`` going to Cloud Storage through gcsfs.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -29,6 +30,28 @@ def run_path(path: str | os.PathLike) -> epath.Path:
     if is_remote(text) and not text.removeprefix("gs://").split("/", 1)[0]:
         raise ConfigError(f"{text}: no bucket name (expected gs://BUCKET/PATH)")
     return epath.Path(text)
+
+
+def open_run_dir(path: str | os.PathLike) -> epath.Path:
+    """``run_path(path)``; for gs://, first a check that the bucket answers, so that a typo or missing
+    credentials give one line now, not gcsfs's retries' tracebacks at the first write."""
+    run_dir = run_path(path)
+    if not is_remote(run_dir):
+        return run_dir
+    bucket = "gs://" + str(run_dir).removeprefix("gs://").split("/", 1)[0]
+    gcsfs_log = logging.getLogger("gcsfs")
+    level = gcsfs_log.level
+    gcsfs_log.setLevel(logging.CRITICAL)
+    try:
+        found = epath.Path(bucket).exists()
+    except Exception as err:  # network, credentials: whatever the client raises
+        raise ConfigError(f"{run_dir}: cannot reach Cloud Storage ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:200]})") from None
+    finally:
+        gcsfs_log.setLevel(level)
+    if not found:
+        raise ConfigError(f"{run_dir}: bucket {bucket} does not exist (or these credentials cannot see it)")
+    return run_dir
 
 
 def local_dir_for(run_dir: epath.Path) -> Path:

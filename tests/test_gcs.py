@@ -85,11 +85,23 @@ def env(gcs, tmp_path_factory):
         SNNDIST_LOCAL_DIR=str(tmp_path_factory.mktemp("local")), RAY_AUTH_MODE="disabled")
 
 
-def snndist(env: dict, *args: str) -> subprocess.CompletedProcess:
+def snndist(env: dict, *args: str, code: int = 0) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "snndist", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == code, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done
+
+
+@pytest.mark.parametrize("run_dir, message", [
+    ("gs://no-such-bucket/run", "gs://no-such-bucket/run: bucket gs://no-such-bucket does not exist"),
+    ("gs:///run", "gs:///run: no bucket name"),
+    ("s3://bucket/run", "s3://bucket/run: a run directory is a filesystem path or gs://BUCKET/PATH"),
+])
+def test_bad_remote_run_dir_is_one_line(env, run_dir, message):
+    done = snndist(env, "train", "--config", "configs/tutorial.yaml", "--local", "--run-dir", run_dir, code=2)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"snndist: error: {message}"), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def _metric_steps(gcs: Bucket) -> list[int]:
