@@ -64,7 +64,7 @@ class RayRunner:
             address = self._gather([self.workers[0].address.remote()], ranks=[0], timeout=timeout)[0]
         infos = self._gather([w.setup.remote(address) for w in self.workers], timeout=timeout)
         self.nodes = {ray.get_runtime_context().get_node_id(), *(info["node"] for info in infos)}
-        self.drain_checked = time.monotonic()
+        self.drain_checked, self.drain_warned = time.monotonic(), False
         self.local_devices = infos[0]["local_devices"]
         self.num_samples = infos[0]["num_samples"]
         self.say(f"{t.workers} worker(s) x {self.local_devices} {infos[0]['platform']} device(s), "
@@ -154,8 +154,14 @@ class RayRunner:
         if now - self.drain_checked < DRAIN_POLL_S:
             return None
         self.drain_checked = now
-        # Ray has no public call for this yet; Ray Data and Serve read the same one.
-        draining = ray._private.state.state.get_draining_nodes()  # {node id: deadline in ms, 0: none}
+        try:
+            # Ray has no public call for this yet; Ray Data and Serve read the same one.
+            draining = ray._private.state.state.get_draining_nodes()  # {node id: deadline in ms, 0: none}
+        except Exception as err:  # the GCS restarting, say: training goes on, the next ask may answer
+            if not self.drain_warned:
+                self.say(f"warning: could not ask Ray for drain notices ({type(err).__name__}: {err})")
+                self.drain_warned = True
+            return None
         ours = sorted(self.nodes & set(draining))
         if not ours:
             return None
