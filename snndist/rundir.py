@@ -22,12 +22,16 @@ def is_remote(path: str | os.PathLike) -> bool:
     return str(path).startswith(REMOTE_PREFIXES)
 
 
+def _bucket(path: str | os.PathLike) -> str:
+    return str(path).removeprefix("gs://").split("/", 1)[0]
+
+
 def run_path(path: str | os.PathLike) -> epath.Path:
     """``path`` as a run directory path; refuses URLs other than gs://."""
     text = os.fspath(path)
     if "://" in text and not is_remote(text):
         raise ConfigError(f"{text}: a run directory is a filesystem path or gs://BUCKET/PATH")
-    if is_remote(text) and not text.removeprefix("gs://").split("/", 1)[0]:
+    if is_remote(text) and not _bucket(text):
         raise ConfigError(f"{text}: no bucket name (expected gs://BUCKET/PATH)")
     return epath.Path(text)
 
@@ -38,7 +42,7 @@ def open_run_dir(path: str | os.PathLike) -> epath.Path:
     run_dir = run_path(path)
     if not is_remote(run_dir):
         return run_dir
-    bucket = "gs://" + str(run_dir).removeprefix("gs://").split("/", 1)[0]
+    bucket = f"gs://{_bucket(run_dir)}"
     gcsfs_log = logging.getLogger("gcsfs")
     level = gcsfs_log.level
     gcsfs_log.setLevel(logging.CRITICAL)

@@ -35,9 +35,9 @@ class JsonlTracker:
     def __init__(self, run_dir: epath.Path):
         self.run_dir = run_dir
         path = run_dir / "metrics.jsonl"
+        self._path, self._file = path, None
         if is_remote(run_dir):
-            self._file = None
-            self._remote, self._rows = path, [path.read_text()] if path.exists() else []
+            self._text = path.read_text() if path.exists() else ""
         else:
             self._file = open(path, "a")
         self._summary: dict[str, float] = {}
@@ -45,8 +45,8 @@ class JsonlTracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         line = json.dumps({"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}) + "\n"
         if self._file is None:
-            self._rows.append(line)
-            self._remote.write_text("".join(self._rows))
+            self._text += line
+            self._path.write_text(self._text)
         else:
             self._file.write(line)
             self._file.flush()

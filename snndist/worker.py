@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import socket
 
+import ray
+
 from snndist.config import from_dict
 from snndist.data.order import Shard
 
@@ -25,8 +27,6 @@ class Worker:
 
     def address(self) -> str:
         """``ip:port`` for the ``jax.distributed`` coordinator (worker 0 hosts it)."""
-        import ray
-
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
@@ -49,9 +49,8 @@ class Worker:
         else:
             devices = jax.local_devices()
         self.replica = Replica(self.cfg, Layout.over(devices))
-        import ray
-
-        return {"rank": self.rank, "node": ray.get_runtime_context().get_node_id(), "local_devices": self.replica.local_devices, "mesh": self.replica.layout.size,
+        return {"rank": self.rank, "node": ray.get_runtime_context().get_node_id(),
+                "local_devices": self.replica.local_devices, "mesh": self.replica.layout.size,
                 "platform": devices[0].platform, "num_samples": self.replica.num_samples("train")}
 
     def train_step(self, shard: Shard) -> dict:
