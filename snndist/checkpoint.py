@@ -113,6 +113,15 @@ class Checkpointer:
                                   "pass --restart to start the run over on purpose")
         return None
 
+    def restore_into(self, runner) -> dict | None:
+        """Load the newest readable checkpoint into ``runner`` (any topology); its meta, or None if none."""
+        restored = self.restore_latest(runner.get_state())
+        if restored is None:
+            return None
+        state, meta = restored
+        runner.set_state({**state, "step": meta["step"], "skipped": meta["skipped"]})
+        return meta
+
     def _set_aside(self, step: int) -> None:
         path = self.directory / str(step)
         if path.exists():

@@ -163,12 +163,8 @@ def _recover(cfg: Config, runner, checkpointer: Checkpointer, err: WorkerLost, s
     say(f"recovery {len(failures)}/{cfg.train.max_failures} at step {step}: {err}; starting new workers")
     checkpointer.wait()
     runner.restart()
-    restored = checkpointer.restore_latest(runner.get_state())
-    resume_at = 0
-    if restored is not None:
-        state, meta = restored
-        resume_at = meta["step"]
-        runner.set_state({**state, "step": meta["step"], "skipped": meta["skipped"]})
+    meta = checkpointer.restore_into(runner)  # None: no checkpoint yet, the new workers' initial state
+    resume_at = meta["step"] if meta else 0
     say(f"recovered: rank {err.rank}, cause: {err.cause}; restored step {resume_at}, "
         f"replaying {step - resume_at} step(s)")
     tracker.log({"system/recoveries": float(len(failures)), "system/replayed_steps": float(step - resume_at)},

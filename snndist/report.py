@@ -22,13 +22,11 @@ def _trained(run_dir: epath.Path):
     runner = LocalRunner(cfg, devices=1)
     checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=print)
     try:
-        restored = checkpointer.restore_latest(runner.get_state())
+        meta = checkpointer.restore_into(runner)
     finally:
         checkpointer.close()
-    if restored is None:
+    if meta is None:
         raise ConfigError(f"{run_dir}: no checkpoint to load")
-    state, meta = restored
-    runner.set_state({**state, "step": meta["step"], "skipped": meta["skipped"]})
     return cfg, runner, meta["step"]
 
 

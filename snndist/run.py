@@ -58,15 +58,13 @@ def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False
         checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=say)
         start_step, wandb_run_id = 0, None
         if resume:
-            restored = checkpointer.restore_latest(runner.get_state())
-            if restored is None:
+            meta = checkpointer.restore_into(runner)
+            if meta is None:
                 say(f"{run_dir}: no checkpoint yet; starting at step 0")
             else:
-                state, meta = restored
                 if meta.get("config_hash") != config_hash(cfg):
                     raise ConfigError(f"{run_dir}/config.yaml: its math differs from the checkpoint's "
                                       f"(hash {meta.get('config_hash')} != {config_hash(cfg)}); was it edited?")
-                runner.set_state({**state, "step": meta["step"], "skipped": meta["skipped"]})
                 start_step, wandb_run_id = meta["step"], meta.get("wandb_run_id")
                 say(f"resumed at step {start_step} (saved on {meta['topology']})")
         trackers = MultiTracker(JsonlTracker(run_dir), *_wandb(cfg, run_dir, wandb_run_id, say))

@@ -6,6 +6,7 @@ both kinds, with ``gs://`` going to Cloud Storage through gcsfs.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -43,19 +44,25 @@ def open_run_dir(path: str | os.PathLike) -> epath.Path:
     if not is_remote(run_dir):
         return run_dir
     bucket = f"gs://{_bucket(run_dir)}"
+    try:
+        found = _bucket_exists(bucket)
+    except Exception as err:  # network, credentials: whatever the client raises
+        raise ConfigError(f"{run_dir}: cannot reach Cloud Storage ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:200]})") from None
+    if not found:
+        raise ConfigError(f"{run_dir}: bucket {bucket} does not exist (or these credentials cannot see it)")
+    return run_dir
+
+
+@functools.cache  # once per process: a resume opens the run for its config, then to run it
+def _bucket_exists(bucket: str) -> bool:
     gcsfs_log = logging.getLogger("gcsfs")
     level = gcsfs_log.level
     gcsfs_log.setLevel(logging.CRITICAL)
     try:
-        found = epath.Path(bucket).exists()
-    except Exception as err:  # network, credentials: whatever the client raises
-        raise ConfigError(f"{run_dir}: cannot reach Cloud Storage ({type(err).__name__}: "
-                          f"{' '.join(str(err).split())[:200]})") from None
+        return epath.Path(bucket).exists()
     finally:
         gcsfs_log.setLevel(level)
-    if not found:
-        raise ConfigError(f"{run_dir}: bucket {bucket} does not exist (or these credentials cannot see it)")
-    return run_dir
 
 
 def local_dir_for(run_dir: epath.Path) -> Path:
