@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from snndist.checkpoint import Checkpointer
 from snndist.config import load_config
 from snndist.data.order import batch_indices
-from snndist.local import LocalRunner
+from snndist.run.loop import restore_newest
+from snndist.store.checkpoint import Checkpointer
+from snndist.train.local import LocalRunner
 
 
 def main() -> None:
@@ -57,7 +58,7 @@ def main() -> None:
         restores = []
         for _ in range(3):
             began = time.perf_counter()
-            checkpointer.restore_into(runner)
+            restore_newest(checkpointer, runner)
             restores.append(time.perf_counter() - began)
         checkpointer.close()
     step_ms, block_ms = 1000 * statistics.median(step_times), 1000 * statistics.median(blocks)

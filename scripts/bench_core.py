@@ -21,8 +21,8 @@ import numpy as np
 
 from snndist.config import load_config
 from snndist.data.order import plan_shards
-from snndist.replica import Replica
-from snndist.step import Layout
+from snndist.train.replica import Replica
+from snndist.train.step import Layout
 
 CONFIGS = {"tutorial": "configs/tutorial.yaml", "shd": "configs/bench_shd.yaml"}
 

@@ -49,7 +49,7 @@ def time_steps(runner, cfg, steps: int) -> dict[str, float]:
 def single(config: str, overrides: list[str], steps: int) -> None:
     """Run in a child process: pinned to one core before JAX starts."""
     os.sched_setaffinity(0, [sorted(os.sched_getaffinity(0))[0]])
-    from snndist.local import LocalRunner
+    from snndist.train.local import LocalRunner
 
     cfg = load_config(config, fixed_batch(config, overrides))
     print(json.dumps(time_steps(LocalRunner(cfg, devices=1), cfg, steps)))
@@ -67,7 +67,7 @@ def main() -> None:
 
     import ray
 
-    from snndist.coordinator import RayRunner
+    from snndist.dist.coordinator import RayRunner
 
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     child = subprocess.run([sys.executable, __file__, "--single", "--config", args.config, "--steps", str(args.steps),

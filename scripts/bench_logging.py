@@ -22,15 +22,16 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 from pathlib import Path
 
-from snndist.checkpoint import Checkpointer
+import numpy as np
+
 from snndist.config import load_config
-from snndist.local import LocalRunner
-from snndist.loop import fit
-from snndist.tracking import BackgroundTracker, JsonlTracker, MultiTracker
-from snndist.wandb_tracker import WandbTracker
+from snndist.run.loop import fit
+from snndist.store.checkpoint import Checkpointer
+from snndist.track.tracker import BackgroundTracker, JsonlTracker, MultiTracker, NullTracker
+from snndist.track.wandb_tracker import WandbTracker
+from snndist.train.local import LocalRunner
 
 
 class _Clocked:
@@ -49,12 +50,6 @@ class _Clocked:
         return metrics
 
 
-class _Nowhere:
-    def log(self, metrics, step): pass
-    def summary(self, metrics): pass
-    def finish(self): pass
-
-
 def one_run(logged: bool, steps: int, tmp: Path, images_every: int) -> float:
     overrides = [f"train.steps={steps}", "logging.wandb.mode=offline", f"logging.wandb.images_every={images_every}"]
     if not logged:
@@ -65,7 +60,7 @@ def one_run(logged: bool, steps: int, tmp: Path, images_every: int) -> float:
     runner = LocalRunner(cfg, devices=1)
     runner.step(np.arange(cfg.train.global_batch))  # compile outside the timing
     tracker = (BackgroundTracker(MultiTracker(JsonlTracker(run), WandbTracker(
-        run, cfg.logging.wandb, cfg.to_dict(), say=lambda _: None, system_stats=cfg.logging.wandb.system_stats))) if logged else _Nowhere())
+        run, cfg.logging.wandb, cfg.to_dict(), say=lambda _: None, system_stats=cfg.logging.wandb.system_stats))) if logged else NullTracker())
     checkpointer = Checkpointer(run, cfg.checkpoint, say=lambda _: None)
     clocked = _Clocked(runner)
     fit(cfg, clocked, tracker, checkpointer, say=lambda _: None)

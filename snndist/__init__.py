@@ -1,22 +1,18 @@
 """snndist: distributed surrogate-gradient training of spiking neural networks.
 
-The public names below load on first use, so that the CLI and the Ray
-coordinator start without importing JAX.
+Layers, each importing only those below it (checked by ``lint-imports``):
+``cli`` > ``run`` > ``dist`` > ``train`` > ``store``, ``track`` > ``data`` >
+``config`` > ``model`` > ``errors``. The names below load on first use, so
+that ``snndist --help``, config loading and the Ray coordinator start
+without importing JAX (a training driver still imports it through Orbax).
 """
-import importlib
+from snndist._lazy import lazy_exports
 
-_EXPORTS = {
-    "Config": "snndist.config", "ConfigError": "snndist.errors", "load_config": "snndist.config",
-    "LIFSpec": "snndist.neurons", "LIFState": "snndist.neurons", "lif_step": "snndist.neurons",
-    "forward": "snndist.network", "init_params": "snndist.network", "loss_fn": "snndist.network",
-    "network_spec": "snndist.network", "make_spike_fn": "snndist.surrogate",
-    "TrainState": "snndist.step", "Layout": "snndist.step", "make_train_step": "snndist.step",
-    "make_eval_step": "snndist.step", "Replica": "snndist.replica",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'snndist' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, {
+    "Config": "config", "load_config": "config", "ConfigError": "errors", "SnndistError": "errors",
+    "LIFSpec": "model.neurons", "LIFState": "model.neurons", "lif_step": "model.neurons",
+    "NetworkSpec": "model.network", "forward": "model.network", "init_params": "model.network",
+    "loss_fn": "model.network", "make_spike_fn": "model.surrogate", "network_spec": "train.spec",
+    "TrainState": "train.step", "Layout": "train.step", "make_train_step": "train.step",
+    "make_eval_step": "train.step", "Replica": "train.replica",
+})

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", metavar="RUN_DIR")
     plot.set_defaults(func=cmd_plot)
 
-    from snndist.jobs import add_job_commands
+    from snndist.dist.job_commands import add_job_commands
 
     add_job_commands(commands)
     return parser
@@ -79,8 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         # even on a GPU head node. Workers choose their platform through their own environment.
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from snndist.config import load_config
-    from snndist.rundir import default_run_dir
-    from snndist.run import resume_config, train
+    from snndist.run.launch import resume_config, train
+    from snndist.store.rundir import default_run_dir
 
     overrides = [*args.set, *([f"cluster.address={args.address}"] if args.address else [])]
     if args.resume:
@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from snndist.report import evaluate_run
+    from snndist.run.report import evaluate_run
 
     metrics = evaluate_run(args.run_dir, args.split)
     for key, value in metrics.items():
@@ -111,7 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from snndist.report import plot_run
+    from snndist.run.report import plot_run
 
     for path in plot_run(args.run_dir):
         print(f"wrote {path}")

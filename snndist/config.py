@@ -14,18 +14,42 @@ natural units: theta = 1, R = 1).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from etils import epath
 
-from snndist.errors import ConfigError
+from snndist.errors import ConfigError, one_line
+from snndist.model.surrogate_params import SURROGATE_DEFAULTS
+
+# Fields with a fixed set of values: the one place each set is declared.
+# Loading checks them; the code that acts on them dispatches on these names.
+Reset = Literal["soft", "hard"]
+WeightInit = Literal["kaiming_normal", "kaiming_uniform"]
+ReadoutReduce = Literal["mean", "max", "last"]
+DataKind = Literal["synthetic"]
+Encoding = Literal["auto", "events", "dense"]
+Optimizer = Literal["adam", "adamw", "sgd"]
+LrSchedule = Literal["constant", "cosine", "linear"]
+GradSync = Literal["coordinator", "xla"]
+Split = Literal["train", "test"]
+BestMode = Literal["min", "max"]
+WandbMode = Literal["online", "offline", "disabled"]
+Accelerator = Literal["auto", "cpu", "gpu", "tpu"]
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_SPREAD"]
+
+
+def resumable(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A field ``--resume --set`` may change: it leaves what a step computes alone (see ``config_hash``)."""
+    return field(default=default, metadata={"resumable": True}, **kwargs)
 
 
 # --------------------------------------------------------------------- model
@@ -54,8 +78,8 @@ class LayerConfig:
     v_reset: float = 0.0
     v_rest: float = 0.0
     resistance: float = 1.0
-    reset: str = "soft"  # soft: subtract (theta - v_reset); hard: set to v_reset
-    init: str = "kaiming_normal"  # kaiming_normal (truncated, as the seed) | kaiming_uniform
+    reset: Reset = "soft"  # soft: subtract (theta - v_reset); hard: set to v_reset
+    init: WeightInit = "kaiming_normal"  # kaiming_normal is truncated, as the seed's
     init_scale: float = 2.0  # variance = init_scale / fan_in
     rec_init_scale: float = 1.0  # the same for V
     rate_reg: RateRegConfig = field(default_factory=RateRegConfig)
@@ -75,14 +99,14 @@ class ReadoutConfig:
 class ModelConfig:
     layers: tuple[LayerConfig, ...] = (LayerConfig(),)
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
-    surrogate: str = "relu"  # relu | sigmoid | fast_sigmoid | arctan | gaussian
+    surrogate: str = "relu"  # a family of snndist.model.surrogate_params
     surrogate_params: dict[str, float] = field(default_factory=dict)  # e.g. {alpha: 0.3}
 
 
 # ---------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class DataConfig:
-    kind: str = "synthetic"  # synthetic: Bernoulli spike trains, random labels (the seed's task)
+    kind: DataKind = "synthetic"  # synthetic: Bernoulli spike trains, random labels (the seed's task)
     num_inputs: int = 100
     num_classes: int = 2
     timesteps: int = 200
@@ -91,16 +115,17 @@ class DataConfig:
     num_samples: int = 256  # synthetic: size of the training set
     seed: Optional[int] = None  # synthetic: which samples (i depends on (seed, i) only); None: train.seed
     shuffle: bool = True  # a new sample order every epoch
-    encoding: str = "auto"  # events (sparse lists) | dense (rasters) | auto: events below 2% density
+    # events (sparse lists), dense (rasters), auto: events below 2% density; the same math either way
+    encoding: Encoding = resumable("auto")
     max_events: int = 0  # events per sample for the events encoding; 0: derived from the data
 
 
 # --------------------------------------------------------------------- train
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    steps: int = resumable(3000)
     global_batch: int = 256  # samples per step, over all workers and devices
-    optimizer: str = "adam"  # adam | adamw | sgd
+    optimizer: Optimizer = "adam"
     lr: float = 3e-3
     b1: float = 0.9
     b2: float = 0.999
@@ -108,19 +133,19 @@ class TrainConfig:
     momentum: float = 0.0  # sgd only
     weight_decay: float = 0.0  # adamw only
     grad_clip: float = 0.0  # global-norm clip; 0 turns it off
-    lr_schedule: str = "constant"  # constant | cosine | linear (both decay to 0 at train.steps)
+    lr_schedule: LrSchedule = "constant"  # cosine and linear decay to 0 at train.steps
     warmup_steps: int = 0  # linear warm-up from 0, before the schedule
     seed: int = 0  # parameter initialisation and sample order
-    workers: int = 1  # Ray worker actors, each a replica over its devices
-    grad_sync: str = "coordinator"  # coordinator: mean on the driver | xla: collectives in the step
-    max_failures: int = 3  # worker deaths and step timeouts recovered from checkpoints before giving up
-    max_bad_steps: int = 10  # non-finite steps in a row before the run stops
-    debug_nan_steps: tuple[int, ...] = ()  # fault injection for tests: these steps' gradients become NaN
-    step_timeout_s: float = 600.0  # a step (the first one compiles) that takes longer is a lost worker
-    drift_check_every: int = 100  # coordinator sync: compare replicas' parameters every N steps
-    eval_every: int = 0  # steps; 0: only at the end
-    eval_split: str = "train"  # train | test
-    eval_batch: int = 256
+    workers: int = resumable(1)  # Ray worker actors, each a replica over its devices
+    grad_sync: GradSync = resumable("coordinator")  # coordinator: mean on the driver; xla: collectives in the step
+    max_failures: int = resumable(3)  # worker deaths and step timeouts recovered from checkpoints before giving up
+    max_bad_steps: int = resumable(10)  # non-finite steps in a row before the run stops
+    debug_nan_steps: tuple[int, ...] = resumable(())  # fault injection for tests: these steps' gradients become NaN
+    step_timeout_s: float = resumable(600.0)  # a step (the first one compiles) that takes longer is a lost worker
+    drift_check_every: int = resumable(100)  # coordinator sync: compare replicas' parameters every N steps
+    eval_every: int = resumable(0)  # steps; 0: only at the end
+    eval_split: Split = resumable("train")
+    eval_batch: int = resumable(256)
 
 
 # ------------------------------------------------------------ checkpoint, logging, cluster
@@ -130,18 +155,18 @@ class CheckpointConfig:
     keep: int = 3  # the latest N
     keep_best: int = 0  # and the best N by best_metric (0: off)
     best_metric: str = "eval/loss"
-    best_mode: str = "min"  # min | max
+    best_mode: BestMode = "min"
 
 
 @dataclass(frozen=True)
 class WandbConfig:
-    mode: Optional[str] = None  # online | offline | disabled; None: offline unless WANDB_API_KEY is set
+    mode: Optional[WandbMode] = None  # None: offline unless WANDB_API_KEY is set
     project: str = "snndist"
     entity: Optional[str] = None
     group: Optional[str] = None
     tags: tuple[str, ...] = ()
     name: Optional[str] = None  # None: the run directory's name
-    images_every: int = 500  # steps between spike-raster / voltage / readout images; 0: off
+    images_every: int = 500  # pictures at the first logged step at or after each multiple of this; 0: off
     system_stats: bool = False  # W&B's CPU/GPU/memory sampling: a few % of a small CPU run's time
 
 
@@ -154,11 +179,11 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     address: Optional[str] = None  # None: RAY_ADDRESS, else a local Ray instance (what ray.init takes)
-    accelerator: str = "auto"  # cpu | gpu | tpu | auto: gpu or tpu if the cluster has them
+    accelerator: Accelerator = "auto"  # auto: gpu or tpu if the cluster has them
     cpus_per_worker: int = 1
     pin_cpus: bool = False  # CPU workers: confine each to cpus_per_worker cores (XLA uses every core it sees)
     devices_per_worker: int = 1  # GPUs or TPU chips; on CPU, host devices XLA exposes per worker
-    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_SPREAD
+    placement_strategy: PlacementStrategy = "PACK"
     resource_timeout_s: float = 60.0  # how long to wait for the workers' resources
 
 
@@ -167,9 +192,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    checkpoint: CheckpointConfig = resumable(default_factory=CheckpointConfig)
+    logging: LoggingConfig = resumable(default_factory=LoggingConfig)
+    cluster: ClusterConfig = resumable(default_factory=ClusterConfig)
 
     def validate(self) -> "Config":
         """Range checks across fields; raises ConfigError naming the first bad one."""
@@ -191,7 +216,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({_one_line(err)})") from None
+            raise ConfigError(f"{path}: not valid YAML ({one_line(err)})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: must hold a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
@@ -266,6 +291,10 @@ def _build(cls: type, raw: Any, path: str) -> Any:
 
 def _convert(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        _check(value in choices, path, value, f"must be one of {', '.join(choices)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _convert(args[0], value, path)
@@ -323,8 +352,35 @@ def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
+# ------------------------------------------------------------------ resume
+def _math(obj: Any) -> Any:
+    """The plain form of a config without its resumable fields: what a step computes from."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _math(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("resumable")}
+    return _to_plain(obj)
+
+
+def config_hash(cfg: Config) -> str:
+    """Hash of everything that changes the math (what a resume may not change); stored in checkpoints."""
+    return hashlib.sha256(json.dumps(_math(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resumable_fields(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Dotted names of the fields (``section.*`` for whole sections) that a resume may change."""
+    cls = cls or Config
+    names = []
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if f.metadata.get("resumable"):
+            names.append(f"{path}.*" if _is_section(f) else path)
+        elif _is_section(f):
+            names += resumable_fields(f.default_factory, f"{path}.")
+    return names
+
+
+def _is_section(f: dataclasses.Field) -> bool:
+    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
 
 
 # --------------------------------------------------------------- validation
@@ -333,21 +389,12 @@ def _check(ok: bool, path: str, value: Any, rule: str) -> None:
         raise ConfigError(f"{path}={value!r}: {rule}")
 
 
-def _one_of(path: str, value: str, choices: typing.Iterable[str]) -> None:
-    choices = tuple(choices)
-    _check(value in choices, path, value, f"must be one of {', '.join(choices)}")
-
-
 def _validate(cfg: Config) -> None:
-    from snndist.surrogate import FAMILIES  # math module; imported here to keep config light
-
     d, m, t = cfg.data, cfg.model, cfg.train
     _check(d.dt_ms > 0, "data.dt_ms", d.dt_ms, "must be > 0")
-    _one_of("data.kind", d.kind, ("synthetic",))
     for name in ("num_inputs", "num_classes", "timesteps", "num_samples"):
         _check(getattr(d, name) > 0, f"data.{name}", getattr(d, name), "must be > 0")
     _check(d.num_classes >= 2, "data.num_classes", d.num_classes, "must be >= 2")
-    _one_of("data.encoding", d.encoding, ("auto", "events", "dense"))
     _check(d.max_events >= 0, "data.max_events", d.max_events, "must be >= 0 (0: derived from the data)")
     _check(0 <= d.rate_hz * d.dt_ms / 1000.0 <= 1, "data.rate_hz", d.rate_hz,
            f"must be in [0, 1000/dt_ms] = [0, {1000.0 / d.dt_ms:g}]")
@@ -363,8 +410,6 @@ def _validate(cfg: Config) -> None:
         _check(layer.threshold > layer.v_reset, f"{p}.threshold", layer.threshold,
                f"must be > {p}.v_reset={layer.v_reset:g}")
         _check(layer.resistance > 0, f"{p}.resistance", layer.resistance, "must be > 0")
-        _one_of(f"{p}.reset", layer.reset, ("soft", "hard"))
-        _one_of(f"{p}.init", layer.init, INITS)
         _check(layer.init_scale > 0, f"{p}.init_scale", layer.init_scale, "must be > 0")
         _check(layer.rec_init_scale > 0, f"{p}.rec_init_scale", layer.rec_init_scale, "must be > 0")
         reg = layer.rate_reg
@@ -374,11 +419,10 @@ def _validate(cfg: Config) -> None:
     r = m.readout
     _check(r.tau_ms > 0, "model.readout.tau_ms", r.tau_ms, "must be > 0")
     _check(d.dt_ms < r.tau_ms, "model.readout.tau_ms", r.tau_ms, f"must be > data.dt_ms={d.dt_ms:g}")
-    _one_of("model.readout.reduce", r.reduce, ("mean", "max", "last"))
-    _one_of("model.readout.init", r.init, INITS)
     _check(r.init_scale > 0, "model.readout.init_scale", r.init_scale, "must be > 0")
-    _one_of("model.surrogate", m.surrogate, FAMILIES)
-    known = FAMILIES[m.surrogate][1]
+    _check(m.surrogate in SURROGATE_DEFAULTS, "model.surrogate", m.surrogate,
+           f"must be one of {', '.join(SURROGATE_DEFAULTS)}")
+    known = SURROGATE_DEFAULTS[m.surrogate]
     for key, value in m.surrogate_params.items():
         _check(key in known, f"model.surrogate_params.{key}", value,
                f"not a parameter of surrogate {m.surrogate!r} (it takes: {', '.join(known)})")
@@ -386,40 +430,28 @@ def _validate(cfg: Config) -> None:
 
     for name in ("steps", "global_batch", "workers", "eval_batch"):
         _check(getattr(t, name) > 0, f"train.{name}", getattr(t, name), "must be > 0")
-    _one_of("train.optimizer", t.optimizer, OPTIMIZERS)
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
     for name in ("b1", "b2", "momentum"):
         _check(0 <= getattr(t, name) < 1, f"train.{name}", getattr(t, name), "must be in [0, 1)")
     _check(t.eps > 0, "train.eps", t.eps, "must be > 0")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0: off)")
-    _one_of("train.lr_schedule", t.lr_schedule, ("constant", "cosine", "linear"))
     _check(0 <= t.warmup_steps < t.steps, "train.warmup_steps", t.warmup_steps,
            f"must be in [0, train.steps={t.steps})")
-    _one_of("train.grad_sync", t.grad_sync, ("coordinator", "xla"))
     _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0 (0: only at the end)")
-    _one_of("train.eval_split", t.eval_split, ("train", "test"))
 
     _check(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "must be > 0")
     _check(cfg.checkpoint.keep > 0, "checkpoint.keep", cfg.checkpoint.keep, "must be > 0")
     _check(cfg.checkpoint.keep_best >= 0, "checkpoint.keep_best", cfg.checkpoint.keep_best, "must be >= 0")
-    _one_of("checkpoint.best_mode", cfg.checkpoint.best_mode, ("min", "max"))
     _check(t.max_failures >= 0, "train.max_failures", t.max_failures, "must be >= 0")
     _check(t.max_bad_steps > 0, "train.max_bad_steps", t.max_bad_steps, "must be > 0")
     _check(cfg.logging.log_every > 0, "logging.log_every", cfg.logging.log_every, "must be > 0")
     w = cfg.logging.wandb
-    if w.mode is not None:
-        _one_of("logging.wandb.mode", w.mode, ("online", "offline", "disabled"))
     _check(w.images_every >= 0, "logging.wandb.images_every", w.images_every, "must be >= 0 (0: off)")
     c = cfg.cluster
     _check(c.cpus_per_worker > 0, "cluster.cpus_per_worker", c.cpus_per_worker, "must be > 0")
     _check(c.devices_per_worker > 0, "cluster.devices_per_worker", c.devices_per_worker, "must be > 0")
-    _one_of("cluster.placement_strategy", c.placement_strategy, ("PACK", "SPREAD", "STRICT_SPREAD"))
-    _one_of("cluster.accelerator", c.accelerator, ("auto", "cpu", "gpu", "tpu"))
     _check(c.resource_timeout_s > 0, "cluster.resource_timeout_s", c.resource_timeout_s, "must be > 0")
     _check(t.step_timeout_s > 0, "train.step_timeout_s", t.step_timeout_s, "must be > 0")
     _check(t.drift_check_every > 0, "train.drift_check_every", t.drift_check_every, "must be > 0")
 
-
-INITS = ("kaiming_normal", "kaiming_uniform")
-OPTIMIZERS = ("adam", "adamw", "sgd")

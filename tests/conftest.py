@@ -1,4 +1,4 @@
-"""Test settings: strict promotion, and several host devices for sharding tests."""
+"""Test settings: strict promotion, several host devices for sharding tests, one shared Ray instance."""
 import os
 
 # Must be set before JAX starts: 4 CPU devices in this process (and in Ray
@@ -19,3 +19,13 @@ def strict_dtypes():
     int32 step count to a float power, which strict promotion refuses."""
     with jax.numpy_dtype_promotion("strict"):
         yield
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local Ray instance of 4 CPUs in this process, shared by every test that drives RayRunner directly."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()

@@ -1,4 +1,5 @@
 """Checkpoints and recovery with real Orbax and real Ray: no step lost, no run silently restarted."""
+import json
 import re
 import signal
 import subprocess
@@ -11,10 +12,11 @@ import pytest
 import ray
 
 from snndist.config import load_config
-from snndist.coordinator import RayRunner
-from snndist.loop import fit
-from snndist.checkpoint import Checkpointer
-from snndist.tracking import JsonlTracker
+from snndist.dist.coordinator import RayRunner
+from snndist.run.loop import fit, restore_newest
+from snndist.store.checkpoint import Checkpointer
+from snndist.track.tracker import JsonlTracker
+from snndist.train.local import LocalRunner
 
 CLI = [sys.executable, "-m", "snndist"]
 SHORT = ["train.steps=60", "checkpoint.every_steps=10", "logging.log_every=10", "train.global_batch=64",
@@ -81,6 +83,17 @@ def test_sigterm_then_resume_is_bitwise_exact(tmp_path, uninterrupted):
     assert 30 <= stopped_at < 60
     assert _params(run)[0] == stopped_at, "the checkpoint of the stop committed before the exit"
 
+    # Restoring replaces a fresh replica's state by the checkpoint's, which differs from it.
+    runner = LocalRunner(load_config(run / "config.yaml"), devices=1)
+    fresh = runner.get_state()
+    checkpointer = Checkpointer(run, load_config(run / "config.yaml").checkpoint, say=lambda _: None)
+    meta = restore_newest(checkpointer, runner)
+    checkpointer.close()
+    restored = runner.get_state()
+    assert meta["step"] == restored["step"] == stopped_at and fresh["step"] == 0
+    assert not np.array_equal(_flat(fresh["params"]), _flat(restored["params"]))
+    _assert_bitwise(restored["params"], _params(run)[1])
+
     resumed = subprocess.run([*CLI, "train", "--resume", str(run), "--local"], capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -88,6 +101,9 @@ def test_sigterm_then_resume_is_bitwise_exact(tmp_path, uninterrupted):
     step, params = _params(run)
     assert step == 60
     _assert_bitwise(params, uninterrupted[1])
+    # The resumed session went on from the checkpoint: every step logged once, none again from step 1.
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in logged] == list(range(1, 61)) + [60], "steps 1..60, then the final eval row"
 
 
 def test_resume_onto_another_topology(tmp_path, uninterrupted):
@@ -160,7 +176,6 @@ def test_nan_steps_are_skipped_and_counted(tmp_path):
     run = tmp_path / "run"
     result = _train(run, "--local", overrides=[*SHORT, "train.steps=20", "train.debug_nan_steps=[5, 12]"])
     assert result.returncode == 0, result.stderr
-    import json
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/skipped_steps"] for r in rows if "train/skipped_steps" in r] == [1.0, 2.0]
 
@@ -192,13 +207,6 @@ class _KillingRunner:
             import os
             os.kill(self.runner.worker_pids()[rank], signal.SIGKILL)
         return self.runner.step(indices)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def _ray_fit(run_dir, sync, kill_before=None):

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from snndist.config import Config, ConfigError, dump_yaml, from_dict, load_config
+from snndist import config as config_module
+from snndist.config import Config, ConfigError, config_hash, dump_yaml, from_dict, load_config
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 
@@ -35,6 +36,51 @@ def test_overrides():
     assert cfg.model.layers[0].size == 8 and cfg.model.layers[0].recurrent
     assert cfg.model.layers[1].size == 3 and cfg.model.layers[0].tau_mem_ms == 20.0
     assert cfg.model.surrogate_params == {"alpha": 3.0} and cfg.cluster.address == "auto"
+
+
+def test_every_choice_has_an_implementation():
+    """Each value a Literal field allows is one the code dispatches on, and no other."""
+    import typing
+
+    from snndist.data.datasets import DATASETS
+    from snndist.model.network import INIT_DISTRIBUTIONS, REDUCTIONS
+    from snndist.train.optim import OPTIMIZERS, SCHEDULES
+
+    for literal, table in ((config_module.Optimizer, OPTIMIZERS), (config_module.LrSchedule, SCHEDULES),
+                           (config_module.ReadoutReduce, REDUCTIONS), (config_module.WeightInit, INIT_DISTRIBUTIONS),
+                           (config_module.DataKind, DATASETS)):
+        assert set(typing.get_args(literal)) == set(table), literal
+
+
+def test_choices_are_checked_on_load():
+    with pytest.raises(ConfigError, match=r"train.grad_sync='nccl': must be one of coordinator, xla"):
+        load_config(None, ["train.grad_sync=nccl"])
+    with pytest.raises(ConfigError, match=r"logging.wandb.mode='live': must be one of online, offline, disabled"):
+        load_config(None, ["logging.wandb.mode=live"])
+    assert load_config(None, ["logging.wandb.mode=null"]).logging.wandb.mode is None
+
+
+def test_resumable_fields_and_the_checkpointed_hash():
+    names = config_module.resumable_fields()
+    assert {"train.steps", "train.workers", "data.encoding", "cluster.*", "logging.*", "checkpoint.*"} <= set(names)
+    assert not any(n.startswith("model.") or n in ("train.lr", "train.seed", "data.num_samples") for n in names)
+    tutorial = load_config("configs/tutorial.yaml")
+    # Checkpoints store this hash: it must not change when the code around it does.
+    assert config_hash(tutorial) == "a2f3359e93ada425"
+    assert config_hash(load_config("configs/tutorial.yaml", ["train.steps=5", "data.encoding=dense",
+                                                             "logging.log_every=7", "cluster.address=auto"])) \
+        == config_hash(tutorial)
+    for math in ("train.lr=0.1", "model.layers[0].size=5", "data.seed=3", "train.global_batch=8"):
+        assert config_hash(load_config("configs/tutorial.yaml", [math])) != config_hash(tutorial), math
+
+
+def test_loading_a_config_imports_no_jax():
+    code = ("import sys; from snndist.config import load_config; load_config('configs/tutorial.yaml'); "
+            "import snndist.dist.coordinator; "
+            "print(sorted(m for m in ('jax', 'jaxlib', 'optax', 'orbax') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_defaults_build_without_a_file():
@@ -116,7 +162,13 @@ def test_cli_unknown_option_exits_2():
     _assert_one_line_exit_2(_cli("train", "--config", "configs/tutorial.yaml", "--bogus"), "--bogus")
 
 
-def test_help_on_every_command():
-    for args in (["--help"], ["train", "--help"]):
-        result = _cli(*args)
-        assert result.returncode == 0 and "usage: snndist" in result.stdout
+def test_help_lists_and_describes_every_command():
+    top = _cli("--help")
+    assert top.returncode == 0 and top.stdout.startswith("usage: snndist")
+    commands = {"train": "--resume", "eval": "--split", "plot": "RUN_DIR", "submit": "--working-dir",
+                "jobs": "--address", "status": "JOB", "logs": "--follow", "stop": "JOB"}
+    for command, option in commands.items():
+        assert f"    {command} " in top.stdout, f"{command} is missing from snndist --help"
+        result = _cli(command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"usage: snndist {command}") and option in result.stdout, command

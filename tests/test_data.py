@@ -5,7 +5,8 @@ import pytest
 from snndist.config import load_config
 from snndist.data.datasets import make_dataset
 from snndist.data.order import batch_indices, data_position, plan_shards
-from snndist.data.events import SpikeEvents, to_events
+from snndist.data.events import to_events
+from snndist.model.inputs import SpikeEvents
 from snndist.data.loader import SampleLoader
 
 

@@ -6,23 +6,16 @@ import pytest
 import ray
 
 from snndist.config import load_config
-from snndist.coordinator import RayRunner
+from snndist.dist.coordinator import RayRunner
 from snndist.data.order import batch_indices
 from snndist.errors import ClusterError, WorkerError, WorkerLost
-from snndist.local import LocalRunner
+from snndist.train.local import LocalRunner
 
 # 27 samples: uneven over 2 workers (14 + 13) and over 4 devices (7, 7, 7, 6).
 # A larger input scale than the tutorial's, so that neurons spike from step 1.
 BASE = ["train.global_batch=27", "data.num_samples=54", "data.timesteps=100", "train.steps=20",
         "logging.log_every=20", "train.drift_check_every=5", "model.layers[0].init_scale=40"]
 STEPS = 20
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def _rel(a: dict, b: dict) -> float:

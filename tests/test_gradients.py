@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from snndist.config import load_config
-from snndist.network import init_params, loss_fn, network_spec
-from snndist.surrogate import make_spike_fn
+from snndist.model.network import init_params, loss_fn
+from snndist.train.spec import network_spec
+from snndist.model.surrogate import make_spike_fn
 
 pytestmark = pytest.mark.usefixtures("strict_dtypes")
 
@@ -18,7 +19,7 @@ RECURRENT = ["data.num_inputs=6", "data.timesteps=25", "data.num_classes=3", "da
 
 def _problem(overrides, dtype):
     cfg = load_config("configs/tutorial.yaml", RECURRENT + overrides)
-    params = jax.tree.map(lambda a: a.astype(dtype), init_params(jax.random.PRNGKey(3), cfg))
+    params = jax.tree.map(lambda a: a.astype(dtype), init_params(jax.random.PRNGKey(3), network_spec(cfg)))
     x = jax.random.bernoulli(jax.random.PRNGKey(4), 0.2, (4, cfg.data.timesteps, cfg.data.num_inputs))
     y = jnp.array([0, 1, 2, 1])
     return cfg, params, x.astype(dtype), y

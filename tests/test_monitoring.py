@@ -10,7 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from test_wandb_tracker import history, inspect_records, run_files
+from wandb_records import config_of, history, inspect_records, run_files
 
 CLI = [sys.executable, "-m", "snndist"]
 METRICS = ["train/loss", "train/accuracy", "train/lr", "train/grad_norm", "train/param_norm",
@@ -64,10 +64,7 @@ def test_one_wandb_run_holds_metrics_config_and_images(trained):
     assert len(list((run / "wandb").glob("offline-run-*"))) == 2
 
     records = inspect_records(files[0])
-    config = next(r["run"] for r in records if r["type"] == "run")["config"]["update"]
-    for r in records:
-        if r["type"] == "config":
-            config.update(r["config"].get("update", {}))
+    config = config_of(records)
     assert config["train"]["steps"] == 40 and config["train"]["workers"] == 2
     assert any(m.get("glob_name") == "*" and m.get("step_metric") == "trainer/step"
                for m in (r["metric"] for r in records if r["type"] == "metric"))
@@ -137,3 +134,7 @@ def test_progress_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
     plain = _train(*args[1:], "--run-dir", str(tmp_path / "plain"), env=_env(tmp_path / "home"))
     assert plain.returncode == 0, plain.stderr
     assert "step 50/100  loss" in plain.stdout and "━" not in plain.stdout
+    # logging.wandb.mode=disabled: no W&B run at all, and metrics.jsonl still has every logged step.
+    assert "W&B" not in plain.stdout and not (tmp_path / "plain" / "wandb").exists()
+    rows = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [50, 100]

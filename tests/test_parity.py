@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from snndist.config import load_config
-from snndist.data.events import SpikeEvents, to_events
-from snndist.network import forward, loss_fn, network_spec
+from snndist.data.events import to_events
+from snndist.model.inputs import SpikeEvents
+from snndist.model.network import forward, loss_fn
+from snndist.train.spec import network_spec
 
 pytestmark = pytest.mark.usefixtures("strict_dtypes")
 

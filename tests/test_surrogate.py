@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from snndist.surrogate import FAMILIES, make_spike_fn
+from snndist.model.surrogate import FAMILIES, make_spike_fn
 
 pytestmark = pytest.mark.usefixtures("strict_dtypes")
 

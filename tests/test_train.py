@@ -11,9 +11,9 @@ import pytest
 
 from snndist.config import dump_yaml, load_config
 from snndist.data.order import plan_shards
-from snndist.optim import lr_schedule
-from snndist.replica import Replica
-from snndist.step import Layout
+from snndist.train.optim import lr_schedule
+from snndist.train.replica import Replica
+from snndist.train.step import Layout
 
 
 def _cli(*args):
@@ -61,11 +61,15 @@ def _replica(*overrides, batch=32, devices=1):
     return replica, plan_shards(np.arange(batch), 1, devices)[0]
 
 
-def test_step_compiles_once():
+def test_steps_compile_once():
     replica, shard = _replica()
     for _ in range(3):
         replica.train_step(shard)
-    assert replica._train_step._cache_size() == 1
+        grads, metrics = replica.grads(shard)
+        replica.apply(grads, float(metrics["train/loss"]))
+        replica.evaluate("train")
+    for name in ("_train_step", "_grad_step", "_apply_step", "_eval_step"):
+        assert getattr(replica, name)._cache_size() == 1, name
 
 
 def test_non_finite_step_is_skipped():

@@ -1,25 +1,16 @@
-"""WandbTracker against the real wandb package, offline, read back with W&B's own reader.
-
-The reader is ``wandb leet inspect --json RUN.wandb`` (wandb >= 0.2x): one JSON
-object per record of the run's transaction log, the same file ``wandb sync``
-uploads.
-"""
-import json
+"""WandbTracker against the real wandb package, offline, read back with W&B's own reader."""
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from wandb_records import config_of, history, inspect_records, inspect_summary, run_files
 
-from snndist import figures
 from snndist.config import WandbConfig
-from snndist.wandb_tracker import WandbTracker, read_run_file, resolve_mode
+from snndist.track.wandb_tracker import WandbTracker, resolve_mode
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONFIG = {"model": {"layers": [{"size": 4, "recurrent": False}]}, "train": {"steps": 50, "lr": 0.002}}
-METRICS = ("train/loss", "spikes/rate_hz/hidden0", "perf/step_time_s")
 
 
 @pytest.fixture(autouse=True)
@@ -33,27 +24,11 @@ def offline_env(monkeypatch, tmp_path):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / sub))
 
 
-def inspect_records(run_file: Path) -> list[dict]:
-    """Every record of a ``.wandb`` file, through ``wandb leet inspect --json``."""
-    done = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_file)],
-                          capture_output=True, text=True, timeout=60, check=True)
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-
-
-def history(records: list[dict]) -> list[tuple[int, dict]]:
-    return [(r["history"]["step"]["num"], r["history"]["item"]) for r in records if r["type"] == "history"]
-
-
-def run_files(run_dir: Path, run_id: str) -> list[Path]:
-    """The transaction logs W&B keeps for a run id, oldest first (one per session)."""
-    files = {p.resolve() for p in (run_dir / "wandb").glob(f"*run-*{run_id}*/run-{run_id}.wandb")}
-    return sorted(files, key=lambda p: next(r["run"]["start_time"] for r in inspect_records(p) if r["type"] == "run"))
-
-
-def _figs():
+def _pictures():
+    """Two pictures as the loop draws them: (RGB array, caption)."""
     rng = np.random.default_rng(0)
-    return {"images/hidden_raster/hidden0": figures.spike_raster(rng.random((40, 6)) < 0.1, "hidden0"),
-            "images/rate_hist/hidden0": figures.spike_raster(rng.random((40, 6)) < 0.3, "hidden0")}
+    return {"images/hidden_raster/hidden0": ((rng.random((24, 60, 3)) * 255).astype(np.uint8), "a raster"),
+            "images/rate_hist/hidden0": ((rng.random((30, 50, 3)) * 255).astype(np.uint8), "a histogram")}
 
 
 def _first_run(run_dir: Path, said: list[str]) -> WandbTracker:
@@ -64,9 +39,7 @@ def _first_run(run_dir: Path, said: list[str]) -> WandbTracker:
         tracker.log({"train/loss": 1.0 / step, "spikes/rate_hz/hidden0": 5.0 + step,
                      "perf/step_time_s": np.float32(0.01)}, step)
         if step == 20:
-            figs = _figs()
-            tracker.log_images(figs, step)
-            assert all(not f.axes for f in figs.values())  # closed
+            tracker.log_images(_pictures, step)
     tracker.summary({"final/train_loss": 1.0 / 30, "wall_time_s": 1.5})
     tracker.finish()
     return tracker
@@ -91,10 +64,7 @@ def test_offline_run_reads_back(tmp_path):
     run = next(r["run"] for r in records if r["type"] == "run")
     assert run["run_id"] == tracker.run_id and run["project"] == "snndist"
     assert run["display_name"] == "first" and run["tags"] == ["test"]
-    config = dict(run["config"]["update"])
-    for r in records:
-        if r["type"] == "config":
-            config.update(r["config"].get("update", {}))
+    config = config_of(records)
     assert config["model"] == CONFIG["model"] and config["train"] == CONFIG["train"]
 
     # The step metric and its use by every other metric.
@@ -120,10 +90,12 @@ def test_offline_run_reads_back(tmp_path):
         assert all(f"{key}._type" not in item for step, item in rows if step != 20)
         png = tracker.run_file.parent / "files" / row20[f"{key}.path"]
         assert png.read_bytes()[:8] == PNG_SIGNATURE
-        assert (row20[f"{key}.width"], row20[f"{key}.height"]) == (600, 300)
+        rgb, caption = _pictures()[key]
+        assert (row20[f"{key}.height"], row20[f"{key}.width"]) == rgb.shape[:2]
+        assert row20[f"{key}.caption"] == caption
 
     # The summary, through W&B's own summary view of the same file.
-    info = read_run_file(tracker.run_file)
+    info = inspect_summary(tracker.run_file)
     assert info["step"] == 30 and info["state"] == "finished"
     assert info["summary"]["final/train_loss"] == pytest.approx(1.0 / 30)
     assert info["summary"]["wall_time_s"] == 1.5
@@ -133,13 +105,13 @@ def test_resume_does_not_relog_steps(tmp_path):
     said: list[str] = []
     first = _first_run(tmp_path, said)
 
-    # Resume from an older checkpoint (step 20): W&B already holds 30.
+    # Resume from an older checkpoint (step 20): W&B already holds 30, the last step of metrics.jsonl.
     resumed = WandbTracker(tmp_path, WandbConfig(), CONFIG, run_id=first.run_id, say=said.append,
-                           system_stats=False)
+                           system_stats=False, logged_through=30)
     assert resumed.run_id == first.run_id
     assert resumed.resumed_step == 30
     resumed.log({"train/loss": 999.0}, 20)  # already in W&B: dropped
-    resumed.log_images(_figs(), 30)  # dropped too
+    resumed.log_images(_pictures, 30)  # dropped too
     resumed.log({"train/loss": 999.0}, 30)
     for step in (40, 50):
         resumed.log({"train/loss": 1.0 / step}, step)
@@ -172,24 +144,12 @@ def test_api_key_is_written_nowhere(tmp_path, monkeypatch):
                            system_stats=False, say=lambda line: None)
     assert tracker.mode == "offline"
     tracker.log({"train/loss": 0.5}, 1)
-    tracker.log_images(_figs(), 1)
+    tracker.log_images(_pictures, 1)
     tracker.summary({"final/train_loss": 0.5})
     tracker.finish()
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert tracker.run_file.resolve() in {p.resolve() for p in files}
     leaks = [p for p in files if marker.encode() in p.read_bytes()]
     assert leaks == []
-    config = next(r["run"] for r in inspect_records(tracker.run_file) if r["type"] == "run")["config"]["update"]
+    config = config_of(inspect_records(tracker.run_file))
     assert config["note"] == "key=<redacted>"
-
-
-def test_disabled_mode_is_a_no_op(tmp_path):
-    tracker = WandbTracker(tmp_path, WandbConfig(mode="disabled"), CONFIG, run_id="abc123", system_stats=False)
-    assert tracker.run_file is None and tracker.resumed_step is None
-    tracker.log({"train/loss": 0.5}, 1)
-    figs = _figs()
-    tracker.log_images(figs, 1)
-    assert all(not f.axes for f in figs.values())
-    tracker.summary({"final/train_loss": 0.5})
-    tracker.finish()
-    assert not (tmp_path / "wandb").exists()

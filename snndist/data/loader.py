@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from snndist.config import DataConfig
-from snndist.data.events import SpikeEvents, to_events
+from snndist.data.events import to_events
+from snndist.model.inputs import SpikeEvents
 
 DENSE_BELOW = 0.02  # "auto" encodes as events below this input density
 

@@ -25,14 +25,10 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from snndist.config import CheckpointConfig
-from snndist.errors import SnndistError
-from snndist.rundir import is_remote, run_path
+from snndist.errors import CheckpointError, one_line
+from snndist.store.rundir import is_remote, run_path
 
 ITEMS = ("params", "opt_state", "meta")
-
-
-class CheckpointError(SnndistError):
-    exit_code = 2
 
 
 class Checkpointer:
@@ -101,7 +97,7 @@ class Checkpointer:
                     opt_state=ocp.args.StandardRestore(exemplar["opt_state"]), meta=ocp.args.JsonRestore()))
             except Exception as err:  # any unreadable part makes the whole checkpoint unusable
                 self.say(f"warning: checkpoint {self.directory / str(step)} is unreadable "
-                         f"({type(err).__name__}: {_short(err)}); trying an older one")
+                         f"({type(err).__name__}: {one_line(err, 200)}); trying an older one")
                 unreadable.append(step)
                 continue
             # Only now, with a good one in hand, move the bad ones out of the way.
@@ -112,15 +108,6 @@ class Checkpointer:
             raise CheckpointError(f"{self.directory}: none of the checkpoints {steps} can be read; "
                                   "pass --restart to start the run over on purpose")
         return None
-
-    def restore_into(self, runner) -> dict | None:
-        """Load the newest readable checkpoint into ``runner`` (any topology); its meta, or None if none."""
-        restored = self.restore_latest(runner.get_state())
-        if restored is None:
-            return None
-        state, meta = restored
-        runner.set_state({**state, "step": meta["step"], "skipped": meta["skipped"]})
-        return meta
 
     def _set_aside(self, step: int) -> None:
         path = self.directory / str(step)
@@ -140,7 +127,3 @@ def _leaves(tree: Any) -> list:
     if isinstance(tree, (list, tuple)):
         return [leaf for v in tree for leaf in _leaves(v)]
     return [np.asarray(tree)]
-
-
-def _short(err: Exception) -> str:
-    return " ".join(str(err).split())[:200]

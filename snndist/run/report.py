@@ -6,15 +6,17 @@ from pathlib import Path
 
 from etils import epath
 
-from snndist.checkpoint import Checkpointer
-from snndist.config import ConfigError, load_config
-from snndist.metrics import summarize
-from snndist.rundir import open_run_dir
+from snndist.config import load_config
+from snndist.errors import ConfigError
+from snndist.run.loop import restore_newest
+from snndist.store.checkpoint import Checkpointer
+from snndist.store.rundir import open_run_dir
+from snndist.track.metrics import summarize
 
 
 def _trained(run_dir: epath.Path):
     """The run's config and a local runner holding its newest checkpoint."""
-    from snndist.local import LocalRunner
+    from snndist.train.local import LocalRunner
 
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
@@ -22,7 +24,7 @@ def _trained(run_dir: epath.Path):
     runner = LocalRunner(cfg, devices=1)
     checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=print)
     try:
-        meta = checkpointer.restore_into(runner)
+        meta = restore_newest(checkpointer, runner)
     finally:
         checkpointer.close()
     if meta is None:
@@ -42,7 +44,7 @@ def evaluate_run(run_dir: str | Path, split: str) -> dict[str, float]:
 def plot_run(run_dir: str | Path) -> list[epath.Path]:
     """``plots/loss.png`` from metrics.jsonl; ``plots/raster.png`` and ``plots/voltage.png`` from the
     newest checkpoint on sample 0 of the training set."""
-    from snndist import figures
+    from snndist.track import figures
 
     run_dir = open_run_dir(run_dir)
     metrics_file = run_dir / "metrics.jsonl"

@@ -1,38 +1,26 @@
 """The training loop: which samples each step reads, when to log, evaluate,
 checkpoint, recover and stop.
 
-It drives either runner (``LocalRunner`` or the Ray ``RayRunner``): both have
-``num_samples``, ``step(indices)``, ``evaluate(split)``, ``get_state()``,
-``set_state(state)``, ``topology()``; the Ray one also ``restart()``.
+It drives a ``Runner`` (``snndist.train.runner``): the single-process
+``LocalRunner`` or the Ray ``RayRunner``; it restores checkpoints into it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import signal
 import time
 from typing import Callable
 
 import numpy as np
 
-from snndist.checkpoint import Checkpointer
-from snndist.config import Config
+from snndist.config import Config, config_hash
 from snndist.data.order import batch_indices, data_position
-from snndist.errors import SnndistError, WorkerLost
-from snndist.metrics import summarize
-from snndist.pixels import network_pixels
-from snndist.progress import Progress
-from snndist.tracking import Tracker
-
-
-class Preempted(SnndistError):
-    """SIGTERM/SIGINT or Ray's drain notice: the step in flight finished and a checkpoint committed."""
-
-    exit_code = 75  # EX_TEMPFAIL: try again later, with --resume
-
-
-class RunFailed(SnndistError):
-    """Too many failures, or too many non-finite steps in a row."""
+from snndist.errors import Preempted, RunFailed, WorkerLost
+from snndist.store.checkpoint import Checkpointer
+from snndist.track.metrics import summarize
+from snndist.track.pixels import network_pixels
+from snndist.track.progress import Progress
+from snndist.track.tracker import Pictures, Tracker
+from snndist.train.runner import Runner
 
 
 class StopSignal:
@@ -49,28 +37,24 @@ class StopSignal:
     def _handle(self, signum, frame) -> None:
         self.signal = signum
 
-    def reason(self, runner) -> str | None:
+    def reason(self, runner: Runner) -> str | None:
         """Why the run must stop now: a signal, or a drain notice for one of the runner's nodes."""
         if self.signal is not None:
             return f"signal {signal.Signals(self.signal).name}"
-        notice = getattr(runner, "preemption_notice", None)  # the Ray runner's
-        return notice() if notice else None
+        return runner.preemption_notice()
 
 
-def config_hash(cfg: Config) -> str:
-    """Hash of everything that changes the math (what a resume may not change)."""
-    plain = cfg.to_dict()
-    math = {"model": plain["model"], "data": {k: v for k, v in plain["data"].items() if k != "encoding"},
-            "train": {k: v for k, v in plain["train"].items() if k not in RESUMABLE_TRAIN_FIELDS}}
-    return hashlib.sha256(json.dumps(math, sort_keys=True).encode()).hexdigest()[:16]
+def restore_newest(checkpointer: Checkpointer, runner: Runner) -> dict | None:
+    """Load the newest readable checkpoint into ``runner`` (any topology); its meta, or None if there is none."""
+    restored = checkpointer.restore_latest(runner.get_state())
+    if restored is None:
+        return None
+    state, meta = restored
+    runner.set_state({**state, "step": meta["step"], "skipped": meta["skipped"]})
+    return meta
 
 
-# train.* fields a resume may change: they do not change what a step computes.
-RESUMABLE_TRAIN_FIELDS = ("steps", "workers", "grad_sync", "step_timeout_s", "drift_check_every", "max_failures",
-                          "max_bad_steps", "debug_nan_steps", "eval_every", "eval_batch", "eval_split")
-
-
-def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, start_step: int = 0,
+def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointer, *, start_step: int = 0,
         stop: StopSignal | None = None, meta: dict | None = None,
         say: Callable[[str], None] = print) -> dict[str, float]:
     """Train from ``start_step`` to ``train.steps``; returns the summary."""
@@ -78,7 +62,7 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
     stop = stop or StopSignal()
     progress = Progress(t.steps, start_step, say)
     say = progress.note
-    images_every = cfg.logging.wandb.images_every if getattr(tracker, "takes_images", False) else 0
+    images_every = cfg.logging.wandb.images_every if tracker.takes_images else 0
     if images_every:  # compile the pictures' forward pass now (0.2 s at the tutorial config), not mid-run
         runner.trace(PICTURED_SAMPLES[:runner.num_samples])
     began = window_start = time.perf_counter()
@@ -87,7 +71,7 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
     last: dict[str, float] = {}
     previous = None  # the last step's metrics, read one step late so the device stays busy
     evaluation = None
-    step = start_step
+    step = pictured = start_step
 
     def save(at: int, metrics: dict | None = None) -> None:
         state = runner.get_state()
@@ -129,9 +113,12 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
                 tracker.log(last, step)
                 eta = (time.perf_counter() - began) / max(step - start_step, 1) * (t.steps - step)
                 progress.update(step, last, eta)
+                # Pictures only at logged steps, so that metrics.jsonl records every step W&B holds (a
+                # resume reads it): at the first one at or after each multiple of images_every.
+                if images_every and (step // images_every > pictured // images_every or step == t.steps):
+                    tracker.log_images(_pictures(cfg, runner), step)
+                    pictured = step
                 window_start, window_steps = time.perf_counter(), 0
-            if images_every and (step % images_every == 0 or step == t.steps):
-                tracker.log_images(_pictures(cfg, runner), step)
             evaluation = None
             if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
                 evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
@@ -153,7 +140,7 @@ def fit(cfg: Config, runner, tracker: Tracker, checkpointer: Checkpointer, *, st
     return summary
 
 
-def _recover(cfg: Config, runner, checkpointer: Checkpointer, err: WorkerLost, step: int, failures: list,
+def _recover(cfg: Config, runner: Runner, checkpointer: Checkpointer, err: WorkerLost, step: int, failures: list,
              tracker: Tracker, say) -> int:
     """New workers, newest readable checkpoint (or the initial state); returns the step to go on from."""
     failures.append(f"step {step}: {err}")
@@ -163,7 +150,7 @@ def _recover(cfg: Config, runner, checkpointer: Checkpointer, err: WorkerLost, s
     say(f"recovery {len(failures)}/{cfg.train.max_failures} at step {step}: {err}; starting new workers")
     checkpointer.wait()
     runner.restart()
-    meta = checkpointer.restore_into(runner)  # None: no checkpoint yet, the new workers' initial state
+    meta = restore_newest(checkpointer, runner)  # None: no checkpoint yet, the new workers' initial state
     resume_at = meta["step"] if meta else 0
     say(f"recovered: rank {err.rank}, cause: {err.cause}; restored step {resume_at}, "
         f"replaying {step - resume_at} step(s)")
@@ -181,7 +168,7 @@ def _perf(step_time_s: float, global_batch: int, timesteps: int) -> dict[str, fl
 PICTURED_SAMPLES = np.arange(4)  # fixed samples, so pictures compare across steps
 
 
-def _pictures(cfg: Config, runner) -> Callable[[], dict]:
+def _pictures(cfg: Config, runner: Runner) -> Callable[[], Pictures]:
     """The seed tutorial's pictures for sample 0, rate histograms over a few samples.
 
     The network runs now (it needs the runner); the drawing is returned, to
@@ -189,7 +176,7 @@ def _pictures(cfg: Config, runner) -> Callable[[], dict]:
     """
     seen = runner.trace(PICTURED_SAMPLES[:runner.num_samples])
 
-    def draw() -> dict:
+    def draw() -> Pictures:
         return network_pixels(seen["trace"], seen["inputs"], sample=0, dt_ms=cfg.data.dt_ms,
                               thresholds=[l.threshold for l in cfg.model.layers], label=int(seen["labels"][0]))
 

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from snndist.surrogate import SpikeFn
+from snndist.model.surrogate import SpikeFn
 
 
 class LIFSpec(NamedTuple):

@@ -22,10 +22,35 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from snndist.config import Config, LayerConfig
-from snndist.data.events import SpikeEvents
-from snndist.neurons import LIFSpec, LIFState, lif_step
-from snndist.surrogate import SpikeFn, make_spike_fn
+from snndist.model.inputs import SpikeEvents
+from snndist.model.neurons import LIFSpec, LIFState, lif_step
+from snndist.model.surrogate import SpikeFn
+
+
+class Init(NamedTuple):
+    """A weight initialiser: variance ``scale / fan_in``, truncated normal (the seed's) or uniform."""
+
+    kind: str  # a key of INIT_DISTRIBUTIONS
+    scale: float
+
+
+class RateReg(NamedTuple):
+    """Penalty ``strength * mean_n(relu(low - r)^2 + relu(r - high)^2)`` on a sample's neuron rates ``r`` (Hz)."""
+
+    strength: float  # 0: off
+    low_hz: float
+    high_hz: float  # inf: no upper bound
+
+
+class LayerSpec(NamedTuple):
+    """One hidden LIF layer: size, constants, recurrence, initialisers, rate penalty."""
+
+    size: int
+    lif: LIFSpec
+    recurrent: bool
+    init: Init  # W
+    rec_init: Init  # V, if recurrent
+    rate_reg: RateReg
 
 
 class NetworkSpec(NamedTuple):
@@ -35,10 +60,10 @@ class NetworkSpec(NamedTuple):
     num_classes: int
     timesteps: int
     dt_ms: float
-    layers: tuple[LayerConfig, ...]
-    lif: tuple[LIFSpec, ...]
-    readout_decay: float
-    reduce: str
+    layers: tuple[LayerSpec, ...]
+    readout_decay: float  # exp(-dt / tau_readout)
+    readout_init: Init
+    reduce: str  # a key of REDUCTIONS
     spike_fn: SpikeFn
 
     @property
@@ -46,42 +71,31 @@ class NetworkSpec(NamedTuple):
         return tuple(f"hidden{i}" for i in range(len(self.layers)))
 
 
-def network_spec(cfg: Config, spike_fn: SpikeFn | None = None) -> NetworkSpec:
-    """Build the spec from a config; ``spike_fn`` overrides the configured surrogate."""
-    m, d = cfg.model, cfg.data
-    lif = tuple(
-        LIFSpec.create(dt_ms=d.dt_ms, tau_mem_ms=l.tau_mem_ms, tau_syn_ms=l.tau_syn_ms,
-                       threshold=l.threshold, v_reset=l.v_reset, v_rest=l.v_rest,
-                       resistance=l.resistance, reset=l.reset)
-        for l in m.layers)
-    return NetworkSpec(
-        num_inputs=d.num_inputs, num_classes=d.num_classes, timesteps=d.timesteps, dt_ms=d.dt_ms, layers=m.layers,
-        lif=lif, readout_decay=math.exp(-d.dt_ms / m.readout.tau_ms), reduce=m.readout.reduce,
-        spike_fn=spike_fn or make_spike_fn(m.surrogate, **m.surrogate_params))
+# Init.kind -> the distribution jax's variance_scaling draws from.
+INIT_DISTRIBUTIONS = {"kaiming_normal": "truncated_normal", "kaiming_uniform": "uniform"}
 
 
-def _init_weight(key, kind: str, scale: float, shape: tuple[int, int]) -> jax.Array:
-    distribution = "truncated_normal" if kind == "kaiming_normal" else "uniform"
+def _init_weight(key, init: Init, shape: tuple[int, int]) -> jax.Array:
+    distribution = INIT_DISTRIBUTIONS[init.kind]
     # variance = scale / fan_in, fan_in the first axis: weights are [in, out].
-    init = jax.nn.initializers.variance_scaling(scale, "fan_in", distribution, in_axis=-2, out_axis=-1)
-    return init(key, shape, jnp.float32)
+    initializer = jax.nn.initializers.variance_scaling(init.scale, "fan_in", distribution, in_axis=-2, out_axis=-1)
+    return initializer(key, shape, jnp.float32)
 
 
-def init_params(key: jax.Array, cfg: Config) -> dict:
-    """Initial parameters: weights as configured (the seed's Kaiming normal), biases 0."""
+def init_params(key: jax.Array, spec: NetworkSpec) -> dict:
+    """Initial parameters: weights as the spec's initialisers say (the seed's Kaiming normal), biases 0."""
     params = {}
-    fan_in = cfg.data.num_inputs
-    keys = jax.random.split(key, 2 * len(cfg.model.layers) + 1)
-    for i, layer in enumerate(cfg.model.layers):
-        p = {"w": _init_weight(keys[2 * i], layer.init, layer.init_scale, (fan_in, layer.size)),
+    fan_in = spec.num_inputs
+    keys = jax.random.split(key, 2 * len(spec.layers) + 1)
+    for i, layer in enumerate(spec.layers):
+        p = {"w": _init_weight(keys[2 * i], layer.init, (fan_in, layer.size)),
              "b": jnp.zeros((layer.size,), jnp.float32)}
         if layer.recurrent:
-            p["v"] = _init_weight(keys[2 * i + 1], layer.init, layer.rec_init_scale, (layer.size, layer.size))
+            p["v"] = _init_weight(keys[2 * i + 1], layer.rec_init, (layer.size, layer.size))
         params[f"hidden{i}"] = p
         fan_in = layer.size
-    r = cfg.model.readout
-    params["readout"] = {"w": _init_weight(keys[-1], r.init, r.init_scale, (fan_in, cfg.data.num_classes)),
-                         "b": jnp.zeros((cfg.data.num_classes,), jnp.float32)}
+    params["readout"] = {"w": _init_weight(keys[-1], spec.readout_init, (fan_in, spec.num_classes)),
+                         "b": jnp.zeros((spec.num_classes,), jnp.float32)}
     return params
 
 
@@ -116,13 +130,13 @@ def forward(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec) -> Trac
     drive = input_drive(x, first["w"], first["b"], spec.timesteps)
     batch = drive.shape[1]
     voltages, spikes = [], []
-    for i, (name, lif) in enumerate(zip(spec.names, spec.lif)):
+    for i, (name, layer) in enumerate(zip(spec.names, spec.layers)):
         p = params[name]
         if i:
             drive = spikes[-1] @ p["w"] + p["b"][None, None, :]
         w_rec = p.get("v")
 
-        def step(state, drive_t, lif=lif, w_rec=w_rec):
+        def step(state, drive_t, lif=layer.lif, w_rec=w_rec):
             state = lif_step(lif, spec.spike_fn, w_rec, state, drive_t)
             return state, (state.u, state.s)
 
@@ -137,23 +151,17 @@ def forward(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec) -> Trac
         return o, o
 
     _, readout = jax.lax.scan(integrate, jnp.zeros_like(out_drive[0]), out_drive)
-    return Trace(tuple(voltages), tuple(spikes), readout, reduce_time(readout, spec.reduce))
+    return Trace(tuple(voltages), tuple(spikes), readout, REDUCTIONS[spec.reduce](readout))
 
 
-def reduce_time(readout: jax.Array, how: str) -> jax.Array:
-    """``[T, batch, classes] -> [batch, classes]``; the same for loss and accuracy."""
-    if how == "mean":
-        return readout.mean(axis=0)
-    if how == "max":
-        return readout.max(axis=0)
-    if how == "last":
-        return readout[-1]
-    raise ValueError(f"unknown readout reduction {how!r}")
+# The readout's reduction over time, ``[T, batch, classes] -> [batch, classes]``: the same for loss and accuracy.
+REDUCTIONS = {"mean": lambda readout: readout.mean(axis=0),
+              "max": lambda readout: readout.max(axis=0),
+              "last": lambda readout: readout[-1]}
 
 
-def rate_penalty(spikes: jax.Array, layer: LayerConfig, dt_ms: float) -> jax.Array:
-    """Per-sample firing-rate penalty ``[batch]`` (see ``RateRegConfig``)."""
-    reg = layer.rate_reg
+def rate_penalty(spikes: jax.Array, reg: RateReg, dt_ms: float) -> jax.Array:
+    """Per-sample firing-rate penalty ``[batch]`` (see ``RateReg``)."""
     rates_hz = spikes.mean(axis=0) * (1000.0 / dt_ms)  # [batch, n]
     below = jax.nn.relu(reg.low_hz - rates_hz)
     above = jax.nn.relu(rates_hz - reg.high_hz) if math.isfinite(reg.high_hz) else 0.0
@@ -186,7 +194,7 @@ def loss_fn(params: dict, x: jax.Array | SpikeEvents, y: jax.Array, spec: Networ
     cross_entropy = mean(per_sample)
     for layer, s in zip(spec.layers, trace.spikes):
         if layer.rate_reg.strength > 0:
-            per_sample = per_sample + rate_penalty(s, layer, spec.dt_ms)
+            per_sample = per_sample + rate_penalty(s, layer.rate_reg, spec.dt_ms)
     aux = LossAux(
         cross_entropy=cross_entropy,
         accuracy=mean((trace.logits.argmax(-1) == y).astype(weights.dtype)),

@@ -12,6 +12,7 @@ import ray
 
 from snndist.config import from_dict
 from snndist.data.order import Shard
+from snndist.dist.cluster import pin_to_cores
 
 
 class Worker:
@@ -21,8 +22,6 @@ class Worker:
         self.replica = None
         self.distributed = False
         if accelerator == "cpu" and self.cfg.cluster.pin_cpus:
-            from snndist.cluster import pin_to_cores
-
             pin_to_cores(rank, self.cfg.cluster.cpus_per_worker)
 
     def address(self) -> str:
@@ -36,8 +35,8 @@ class Worker:
         """Build the replica: over this process's devices, or over every worker's (XLA sync)."""
         import jax
 
-        from snndist.replica import Replica
-        from snndist.step import Layout
+        from snndist.train.replica import Replica
+        from snndist.train.step import Layout
 
         if coordinator_address:
             local_ids = list(range(self.cfg.cluster.devices_per_worker)) if self.accelerator == "gpu" else None
@@ -54,7 +53,7 @@ class Worker:
                 "platform": devices[0].platform, "num_samples": self.replica.num_samples("train")}
 
     def train_step(self, shard: Shard) -> dict:
-        from snndist.step import to_host
+        from snndist.train.step import to_host
 
         return to_host(self.replica.train_step(shard))
 

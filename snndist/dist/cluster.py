@@ -9,7 +9,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from snndist.config import ClusterConfig, TrainConfig
-from snndist.errors import ClusterError
+from snndist.errors import ClusterError, one_line
 
 
 def connect(address: str | None) -> bool:
@@ -29,7 +29,7 @@ def connect(address: str | None) -> bool:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "
-                           f"{' '.join(str(err).split())[:300]}") from None
+                           f"{one_line(err)}") from None
     return not address
 
 
@@ -46,7 +46,7 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
 
 class Reservation(NamedTuple):
     group: object  # the placement group
-    accelerator: str  # cpu | gpu | tpu
+    accelerator: str  # cpu | gpu | tpu: cluster.accelerator with auto resolved
     bundle: dict  # one worker's resources
 
 

@@ -14,13 +14,14 @@ import numpy as np
 
 from snndist.config import Config
 from snndist.data.datasets import make_dataset
-from snndist.data.order import Shard, plan_shards
 from snndist.data.loader import SampleLoader
-from snndist.network import forward, init_params, network_spec
-from snndist.optim import make_optimizer
-from snndist.metrics import Metrics, weighted_mean
-from snndist.step import (Layout, TrainState, make_apply_step, make_eval_step, make_grad_step, make_init,
-                          make_train_step, to_host)
+from snndist.data.order import Shard, plan_shards
+from snndist.model.network import forward, init_params
+from snndist.track.metrics import Metrics, weighted_mean
+from snndist.train.optim import make_optimizer
+from snndist.train.spec import network_spec
+from snndist.train.step import (Layout, TrainState, make_apply_step, make_eval_step, make_grad_step, make_init,
+                                make_train_step, to_host)
 
 
 class Replica:
@@ -29,7 +30,7 @@ class Replica:
         self.layout = layout
         self.spec = spec = network_spec(cfg)
         optimizer, schedule = make_optimizer(cfg.train)
-        self.state = make_init(layout, lambda key: init_params(key, cfg), optimizer)(
+        self.state = make_init(layout, lambda key: init_params(key, spec), optimizer)(
             jax.random.PRNGKey(cfg.train.seed))
         self._loaders: dict[str, SampleLoader] = {}
         nan_steps = cfg.train.debug_nan_steps

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from etils import epath
 
-from snndist.errors import ConfigError
+from snndist.errors import ConfigError, one_line
 
 REMOTE_PREFIXES = ("gs://",)
 
@@ -48,7 +48,7 @@ def open_run_dir(path: str | os.PathLike) -> epath.Path:
         found = _bucket_exists(bucket)
     except Exception as err:  # network, credentials: whatever the client raises
         raise ConfigError(f"{run_dir}: cannot reach Cloud Storage ({type(err).__name__}: "
-                          f"{' '.join(str(err).split())[:200]})") from None
+                          f"{one_line(err, 200)})") from None
     if not found:
         raise ConfigError(f"{run_dir}: bucket {bucket} does not exist (or these credentials cannot see it)")
     return run_dir

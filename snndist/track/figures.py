@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -142,21 +141,6 @@ def loss_curve(rows: Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
-def to_rgb(fig: Figure) -> np.ndarray:
-    """Render ``fig`` (Agg) to a ``[height, width, 3]`` uint8 array."""
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.array(canvas.buffer_rgba())[..., :3]
-
-
-def close(fig: Figure) -> None:
-    """Release a figure (also from pyplot's registry, if pyplot made it)."""
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:
-        pyplot.close(fig)
-    fig.clear()
-
-
 def save_png(fig: Figure, path: str | os.PathLike) -> epath.Path:
     """Write ``fig`` as a PNG at ``path`` (local or gs://; parents created) and close it."""
     path = epath.Path(path)
@@ -165,6 +149,6 @@ def save_png(fig: Figure, path: str | os.PathLike) -> epath.Path:
     try:
         fig.savefig(png, format="png", dpi=fig.dpi)
     finally:
-        close(fig)
+        fig.clear()  # frees its artists; no pyplot registry holds these figures
     path.write_bytes(png.getvalue())
     return path

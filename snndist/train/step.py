@@ -23,7 +23,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from snndist.network import NetworkSpec, loss_fn
+from snndist.model.network import NetworkSpec, loss_fn
 
 Metrics = dict[str, Any]
 DATA_AXIS = "data"

@@ -25,6 +25,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from snndist.model.surrogate_params import SURROGATE_DEFAULTS
+
 SpikeFn = Callable[[jax.Array], jax.Array]
 
 
@@ -49,14 +51,11 @@ def _gaussian(x, alpha, sigma):
     return alpha / (math.sqrt(2.0 * math.pi) * sigma) * jnp.exp(-(x**2) / (2.0 * sigma**2))
 
 
+_DERIVATIVES = {"relu": _relu, "sigmoid": _sigmoid, "fast_sigmoid": _fast_sigmoid, "arctan": _arctan,
+                "gaussian": _gaussian}
 # name -> (derivative, default parameters)
 FAMILIES: dict[str, tuple[Callable, dict[str, float]]] = {
-    "relu": (_relu, {"alpha": 0.3, "width": 1.0}),
-    "sigmoid": (_sigmoid, {"alpha": 4.0}),
-    "fast_sigmoid": (_fast_sigmoid, {"alpha": 10.0}),
-    "arctan": (_arctan, {"alpha": 2.0}),
-    "gaussian": (_gaussian, {"alpha": 1.0, "sigma": 0.5}),
-}
+    name: (_DERIVATIVES[name], defaults) for name, defaults in SURROGATE_DEFAULTS.items()}
 
 
 def surrogate_grad(name: str, **params: float) -> Callable[[jax.Array], jax.Array]:

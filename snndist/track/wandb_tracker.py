@@ -5,15 +5,13 @@ when ``WANDB_API_KEY`` is set, else ``offline`` (``wandb sync`` uploads later).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from snndist.config import WandbConfig
+from snndist.track.tracker import Pictures
 
 STEP_METRIC = "trainer/step"
 
@@ -26,26 +24,10 @@ def resolve_mode(cfg: WandbConfig, environ: Mapping[str, str] | None = None) -> 
     return "online" if environ.get("WANDB_API_KEY") else "offline"
 
 
-def read_run_file(path: str | Path, timeout_s: float = 60.0) -> dict:
-    """W&B's own reader of a run's ``.wandb`` transaction log: the object that
-    ``wandb leet inspect --summary --json PATH`` prints (``run_id``, ``step``:
-    the last history step or None, ``summary``, ``config``, ``state``, ...).
-    Works on the log of a run that crashed mid-write. Raises RuntimeError if
-    the reader fails."""
-    cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json", str(path)]
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}  # a local read needs no key
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env={**env, "WANDB_SILENT": "true"})
-    if done.returncode != 0:
-        raise RuntimeError(f"wandb leet inspect {path} failed ({done.returncode}): {done.stderr.strip()[-300:]}")
-    return json.loads(done.stdout)
-
-
-def _last_step_in(info: Mapping[str, Any]) -> int | None:
-    """The last history step a ``read_run_file`` object records, or None (no history)."""
-    summary = info.get("summary") or {}
-    candidates = [info.get("step"), summary.get("_step"), summary.get(STEP_METRIC)]
-    steps = [int(c) for c in candidates if isinstance(c, (int, float)) and not isinstance(c, bool)
-             and math.isfinite(c)]
+def _last_step_in(summary: Mapping[str, Any]) -> int | None:
+    """The last history step a resumed run's summary records (``trainer/step`` or ``_step``), or None."""
+    steps = [int(v) for v in (summary.get("_step"), summary.get(STEP_METRIC))
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     return max(steps) if steps else None
 
 
@@ -71,36 +53,34 @@ def _scalar(value: Any) -> Any:
 
 
 class WandbTracker:
-    """Logs metrics, images and a summary to one W&B run, x-axis the training step.
+    """A ``Tracker``: metrics, pictures and a summary in one W&B run, x-axis the training step.
 
     Every ``log(metrics, step)`` goes to W&B as ``{**metrics, "trainer/step":
     step}`` with W&B's own step equal to ``step`` too, and
     ``define_metric("*", step_metric="trainer/step")`` makes every chart use
-    the training step. ``log_images`` logs matplotlib figures as
-    ``wandb.Image`` at a step (and closes them); ``summary`` writes
-    ``run.summary``; ``finish`` ends the run, waiting at most
-    ``finish_timeout_s`` for uploads (what is left stays on disk for ``wandb sync``).
+    the training step. ``log_images`` logs ``(RGB array, caption)`` pairs as
+    ``wandb.Image``; ``summary`` writes ``run.summary``; ``finish`` ends the
+    run, waiting at most ``finish_timeout_s`` for uploads (what is left stays
+    on disk for ``wandb sync``).
 
-    Resume: pass the ``run_id`` saved with the checkpoint (``tracker.run_id``)
-    and the same ``run_dir``; the run is reopened with ``resume="allow"``.
-    Steps in W&B must increase. After a resume from a checkpoint older than
-    the last logged step, W&B may already hold steps later than the resumed
-    step: this tracker does NOT re-log them. It finds the last step W&B holds
-    for the run id, ``resumed_step``, as the largest of
+    Resume: pass the ``run_id`` saved with the checkpoint (``tracker.run_id``);
+    the run is reopened with ``resume="allow"``. Steps in W&B must increase,
+    and after a resume from a checkpoint older than the last logged step W&B
+    may already hold later steps: this tracker does NOT log them again. The
+    last step W&B holds, ``resumed_step``, is the largest of
 
+    - ``logged_through``: the last step of the run's ``metrics.jsonl``. Every
+      step snndist logs goes there first (pictures only at logged steps, see
+      ``snndist.run.loop.fit``), so W&B holds no later step. This is
+      the one source for an offline run, which knows nothing of its earlier
+      segments (``wandb sync`` merges them by id later);
     - ``run.starting_step - 1`` and the resumed summary's ``trainer/step`` /
-      ``_step``: what the server reports on an online resume;
-    - the last history step of every earlier transaction log of this run id
-      under ``run_dir/wandb/`` (``*run-*-<id>*/run-<id>.wandb``), read with
-      W&B's own reader (``wandb leet inspect --summary --json``). An offline
-      run knows nothing of its earlier segments (``starting_step`` 0, empty
-      summary, a new ``offline-run-<time>-<id>`` directory per resume; ``wandb
-      sync`` merges them by id later), so this is the only source there.
+      ``_step``: what the server reports on an online resume.
 
-    and drops every ``log``/``log_images`` whose step is <= ``resumed_step``,
-    saying so once through ``say``. Within one session a step below the last
-    logged step is dropped too (W&B would drop it with a warning); a step
-    equal to it is merged into the same W&B row (metrics and images of one step).
+    Every ``log``/``log_images`` whose step is <= ``resumed_step`` is
+    dropped, said once through ``say``. Within one session a step below the
+    last logged step is dropped too (W&B would drop it with a warning); a
+    step equal to it is merged into the same W&B row.
 
     The config W&B stores is ``config`` as given (copied, with the value of
     ``WANDB_API_KEY`` cut out of any string should it be there); the key
@@ -108,9 +88,12 @@ class WandbTracker:
     capture is off and W&B's own output silenced.
     """
 
+    takes_images = True
+
     def __init__(self, run_dir: Path, cfg: WandbConfig, config: Mapping[str, Any], run_id: str | None = None,
                  default_name: str | None = None, say: Callable[[str], None] = print,
-                 system_stats: bool = True, init_timeout_s: float = 90.0, finish_timeout_s: float = 60.0):
+                 system_stats: bool = True, init_timeout_s: float = 90.0, finish_timeout_s: float = 60.0,
+                 logged_through: int | None = None):
         import wandb
 
         self._wandb = wandb
@@ -130,7 +113,7 @@ class WandbTracker:
         self.run_id: str = self.run.id
         self.run.define_metric(STEP_METRIC)
         self.run.define_metric("*", step_metric=STEP_METRIC)
-        self.resumed_step: int | None = self._find_resumed_step() if run_id else None
+        self.resumed_step: int | None = self._find_resumed_step(logged_through) if run_id else None
         self._last_step: int | None = None  # the last step logged in this session
         self._warned: set[str] = set()
         self._finished = False
@@ -146,36 +129,17 @@ class WandbTracker:
             return None
         return Path(path) if path else None
 
-    def _earlier_run_files(self) -> list[Path]:
-        if self.mode == "disabled":
-            return []
-        here = self.run_file
-        wandb_dir = here.parent.parent if here else self.run_dir / "wandb"
-        if not wandb_dir.is_dir():
-            return []
-        found = {p.resolve() for p in wandb_dir.glob(f"*run-*{self.run_id}*/run-{self.run_id}.wandb")}
-        found.discard(here.resolve() if here else None)
-        return sorted(found)
-
-    def _find_resumed_step(self) -> int | None:
-        steps: list[int] = []
+    def _find_resumed_step(self, logged_through: int | None) -> int | None:
+        steps = [] if logged_through is None else [logged_through]
         starting = getattr(self.run, "starting_step", 0) or 0
         if starting > 0:
             steps.append(int(starting) - 1)
         try:
-            restored = _last_step_in({"summary": dict(self.run.summary)})
+            restored = _last_step_in(dict(self.run.summary))
         except Exception:  # noqa: BLE001 - a disabled run has no real summary
             restored = None
         if restored is not None:
             steps.append(restored)
-        for path in self._earlier_run_files():
-            try:
-                last = _last_step_in(read_run_file(path))
-            except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
-                self.say(f"warning: W&B: cannot read {path} for its last step ({e}); not counting it")
-                continue
-            if last is not None:
-                steps.append(last)
         return max(steps) if steps else None
 
     def _accept(self, step: int, what: str) -> bool:
@@ -202,33 +166,13 @@ class WandbTracker:
         row[STEP_METRIC] = int(step)
         self.run.log(row, step=int(step))
 
-    def log_images(self, images: Mapping[str, Any], step: int) -> None:
-        """Log figures, RGB arrays or (array, caption) pairs as ``wandb.Image`` at ``step``; figures are closed."""
-        from matplotlib.figure import Figure
-
-        from snndist.figures import close
-
-        try:
-            if self._finished or not images or not self._accept(step, "images"):
-                return
-            # Figures are rendered here (Agg) rather than by wandb, whose matplotlib path needs pyplot.
-            row: dict[str, Any] = {k: self._image(v) for k, v in images.items()}
-            row[STEP_METRIC] = int(step)
-            self.run.log(row, step=int(step))
-        finally:
-            for v in images.values():
-                if isinstance(v, Figure):
-                    close(v)
-
-    def _image(self, value: Any):
-        """A figure, an RGB array, or an (RGB array, caption) pair, as a ``wandb.Image``."""
-        from matplotlib.figure import Figure
-
-        from snndist.figures import to_rgb
-
-        if isinstance(value, tuple):
-            return self._wandb.Image(value[0], caption=value[1])
-        return self._wandb.Image(to_rgb(value) if isinstance(value, Figure) else value)
+    def log_images(self, images: Callable[[], Pictures], step: int) -> None:
+        """Draw ``images`` and log each ``(RGB array, caption)`` as a ``wandb.Image`` at ``step``."""
+        if self._finished or not self._accept(step, "images"):
+            return
+        row: dict[str, Any] = {k: self._wandb.Image(rgb, caption=caption) for k, (rgb, caption) in images().items()}
+        row[STEP_METRIC] = int(step)
+        self.run.log(row, step=int(step))
 
     def summary(self, metrics: dict[str, float]) -> None:
         if self._finished:

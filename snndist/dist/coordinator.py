@@ -4,7 +4,7 @@ Each step it plans the global batch into one shard per worker, sends each
 worker its shard's indices, and either averages the gradients the workers
 return (``train.grad_sync: coordinator``) or lets the workers' jitted step
 average them with XLA collectives (``xla``). It satisfies the runner
-interface of ``loop.fit``.
+``Runner`` interface (``snndist.train.runner``) that the training loop drives.
 """
 from __future__ import annotations
 
@@ -14,18 +14,20 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from snndist import cluster
 from snndist.config import Config
 from snndist.data.order import plan_shards
-from snndist.errors import ConfigError, WorkerError, WorkerLost
-from snndist.metrics import Metrics, weighted_mean, weighted_tree_mean
-from snndist.worker import Worker
+from snndist.dist import cluster
+from snndist.dist.worker import Worker
+from snndist.errors import ConfigError, WorkerError, WorkerLost, one_line
+from snndist.track.metrics import Metrics, weighted_mean, weighted_tree_mean
 
 SHUTDOWN_TIMEOUT_S = 30
 DRAIN_POLL_S = 2.0  # how often to ask Ray whether a node of this run is being drained
 
 
 class RayRunner:
+    """A ``Runner`` over ``train.workers`` Ray actors, each a ``Replica`` over its devices."""
+
     def __init__(self, cfg: Config, run_name: str, say=print):
         self.cfg, self.say, self.run_name = cfg, say, run_name
         self.started_ray = cluster.connect(cfg.cluster.address)
@@ -222,14 +224,8 @@ class RayRunner:
             except ray.exceptions.RayTaskError as err:
                 self.failed = True
                 cause = err.cause if err.cause is not None else err
-                raise WorkerError(rank_of[ready[0]], f"{type(cause).__name__}: {_one_line(cause)}") from None
+                raise WorkerError(rank_of[ready[0]], f"{type(cause).__name__}: {one_line(cause)}") from None
             except ray.exceptions.RayActorError as err:
                 self.failed = True
-                first_sentence = " ".join(str(err).split()).split(". ")[0]
-                raise WorkerLost(rank_of[ready[0]], f"{type(err).__name__}: {first_sentence[:200]}") from None
+                raise WorkerLost(rank_of[ready[0]], f"{type(err).__name__}: {one_line(err, 200)}") from None
         return ray.get(refs)
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [l for l in str(err).strip().splitlines() if l.strip()]
-    return lines[-1].strip() if lines else type(err).__name__

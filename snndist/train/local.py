@@ -5,20 +5,22 @@ import jax
 
 from snndist.config import Config
 from snndist.data.order import plan_shards
-from snndist.replica import Replica
-from snndist.metrics import Metrics
-from snndist.step import Layout
+from snndist.track.metrics import Metrics
+from snndist.train.replica import Replica
+from snndist.train.step import Layout
 
 
 class LocalRunner:
-    """``step(indices)`` trains on those samples, split over the first ``devices`` local devices (all: None)."""
+    """A ``Runner``: ``step(indices)`` trains on those samples, split over the first ``devices`` local
+    devices (all: None)."""
 
     def __init__(self, cfg: Config, devices: int | None = None):
-        self.replica = Replica(cfg, Layout.over(jax.local_devices()[:devices]))
+        self.cfg = cfg
+        self.layout = Layout.over(jax.local_devices()[:devices])
+        self.replica = Replica(cfg, self.layout)
         self.num_samples = self.replica.num_samples("train")
 
     def step(self, indices) -> Metrics:
-        """One training step; metrics stay on the device until read."""
         return self.replica.train_step(plan_shards(indices, 1, self.replica.local_devices)[0])
 
     def evaluate(self, split: str) -> Metrics:
@@ -42,3 +44,15 @@ class LocalRunner:
 
     def topology(self) -> dict:
         return {"workers": 0, "devices_per_worker": self.replica.local_devices, "grad_sync": "local"}
+
+    def restart(self) -> None:
+        self.replica = Replica(self.cfg, self.layout)
+
+    def preemption_notice(self) -> None:
+        return None  # this process's own signals are the loop's StopSignal
+
+    def check_visible(self, path: str, run_dir: str) -> None:
+        return None  # one process: it wrote the file itself
+
+    def close(self) -> None:
+        return None

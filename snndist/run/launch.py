@@ -8,13 +8,13 @@ from typing import Callable
 
 from etils import epath
 
-from snndist.checkpoint import Checkpointer
-from snndist.config import Config, ConfigError, dump_yaml, load_config
-from snndist.loop import RESUMABLE_TRAIN_FIELDS, StopSignal, config_hash, fit
-from snndist.rundir import check_run_dir_free, is_remote, local_dir_for, open_run_dir
-from snndist.tracking import BackgroundTracker, JsonlTracker, MultiTracker
-
-RESUMABLE_SECTIONS = ("logging", "checkpoint", "cluster")
+from snndist.config import Config, config_hash, dump_yaml, load_config, resumable_fields
+from snndist.errors import ConfigError
+from snndist.run.loop import StopSignal, fit, restore_newest
+from snndist.store.checkpoint import Checkpointer
+from snndist.store.rundir import check_run_dir_free, is_remote, local_dir_for, open_run_dir
+from snndist.track.tracker import BackgroundTracker, JsonlTracker, MultiTracker
+from snndist.train.runner import Runner
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
@@ -27,8 +27,7 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
     if config_hash(cfg) != config_hash(saved):
         changed = _changed_fields(saved.to_dict(), cfg.to_dict())
         raise ConfigError(f"--set {changed[0]}: cannot change on --resume, it changes what a step computes; "
-                          f"only train.{{{','.join(RESUMABLE_TRAIN_FIELDS)}}} and "
-                          f"{', '.join(s + '.*' for s in RESUMABLE_SECTIONS)} can")
+                          f"only {', '.join(resumable_fields())} can")
     return cfg
 
 
@@ -48,7 +47,7 @@ def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False
     runner = _runner(cfg, run_dir, local, say)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not local and not is_remote(run_dir):  # gs:// is the same from every node
+        if not is_remote(run_dir):  # gs:// is the same from every node
             _check_shared(runner, run_dir)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         if restart and (run_dir / "checkpoints").exists():
@@ -58,7 +57,7 @@ def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False
         checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=say)
         start_step, wandb_run_id = 0, None
         if resume:
-            meta = checkpointer.restore_into(runner)
+            meta = restore_newest(checkpointer, runner)
             if meta is None:
                 say(f"{run_dir}: no checkpoint yet; starting at step 0")
             else:
@@ -67,20 +66,20 @@ def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False
                                       f"(hash {meta.get('config_hash')} != {config_hash(cfg)}); was it edited?")
                 start_step, wandb_run_id = meta["step"], meta.get("wandb_run_id")
                 say(f"resumed at step {start_step} (saved on {meta['topology']})")
-        trackers = MultiTracker(JsonlTracker(run_dir), *_wandb(cfg, run_dir, wandb_run_id, say))
-        meta = {"wandb_run_id": getattr(trackers.trackers[-1], "run_id", None)}
-        tracker = BackgroundTracker(trackers)
+        jsonl = JsonlTracker(run_dir)
+        wandb = _wandb(cfg, run_dir, wandb_run_id, jsonl.last_step, say)
+        meta = {"wandb_run_id": wandb.run_id if wandb else None}
+        tracker = BackgroundTracker(MultiTracker(jsonl, *([wandb] if wandb else [])))
         try:
             return fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, meta=meta, say=say)
         finally:
             tracker.finish()
             checkpointer.close()
     finally:
-        if not local:
-            runner.close()
+        runner.close()
 
 
-def _check_shared(runner, run_dir: epath.Path) -> None:
+def _check_shared(runner: Runner, run_dir: epath.Path) -> None:
     """Before anything is written: every worker's node must see the run directory (a new marker file)."""
     marker = run_dir.absolute() / f".visible-{secrets.token_hex(8)}"
     marker.touch()
@@ -90,29 +89,30 @@ def _check_shared(runner, run_dir: epath.Path) -> None:
         marker.unlink()
 
 
-def _wandb(cfg: Config, run_dir: epath.Path, run_id: str | None, say) -> list:
-    """The W&B tracker, unless ``logging.wandb.mode`` is disabled; it continues ``run_id`` on resume.
+def _wandb(cfg: Config, run_dir: epath.Path, run_id: str | None, logged_through: int | None, say):
+    """The W&B tracker, or None if ``logging.wandb.mode`` is disabled; it continues ``run_id`` on resume,
+    where metrics.jsonl says which steps W&B already holds (``logged_through``).
 
     W&B writes its files on this machine: in the run directory, or for gs:// in a local mirror of it.
     """
-    from snndist.wandb_tracker import WandbTracker, resolve_mode
+    from snndist.track.wandb_tracker import WandbTracker, resolve_mode
 
     if resolve_mode(cfg.logging.wandb) == "disabled":
-        return []
+        return None
     local = local_dir_for(run_dir)
     tracker = WandbTracker(local, cfg.logging.wandb, cfg.to_dict(), run_id=run_id, default_name=run_dir.name,
-                           say=say, system_stats=cfg.logging.wandb.system_stats)
+                           say=say, system_stats=cfg.logging.wandb.system_stats, logged_through=logged_through)
     say(f"W&B: run {tracker.run_id} ({tracker.mode}"
         + (", sync later with `wandb sync`" if tracker.mode == "offline" else "")
         + (f"; its local files in {local}" if is_remote(run_dir) else "") + ")")
-    return [tracker]
+    return tracker
 
 
-def _runner(cfg: Config, run_dir: epath.Path, local: bool, say):
+def _runner(cfg: Config, run_dir: epath.Path, local: bool, say) -> Runner:
     if local:
-        from snndist.local import LocalRunner
+        from snndist.train.local import LocalRunner
 
         return LocalRunner(cfg)
-    from snndist.coordinator import RayRunner
+    from snndist.dist.coordinator import RayRunner
 
     return RayRunner(cfg, run_dir.name, say=say)

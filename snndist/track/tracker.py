@@ -1,4 +1,4 @@
-"""Where metrics go: a small tracker interface with a JSONL version.
+"""Where metrics go: the tracker interface, metrics.jsonl, and trackers that combine others.
 
 Only the process that owns the run (the coordinator) holds a tracker.
 """
@@ -8,17 +8,48 @@ import json
 import math
 import queue
 import threading
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 from etils import epath
 
-from snndist.rundir import is_remote
+from snndist.store.rundir import is_remote
+
+# name -> (RGB uint8 array [height, width, 3], caption), as ``pixels.network_pixels`` draws them
+Pictures = Mapping[str, tuple]
 
 
 class Tracker(Protocol):
-    def log(self, metrics: dict[str, float], step: int) -> None: ...
-    def summary(self, metrics: dict[str, float]) -> None: ...
-    def finish(self) -> None: ...
+    takes_images: bool  # False: ``log_images`` stores nothing, so callers need not draw
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Record ``metrics`` at training step ``step`` (steps only increase)."""
+
+    def log_images(self, images: Callable[[], Pictures], step: int) -> None:
+        """Record pictures at ``step``; ``images`` draws them, called only by a tracker that takes images."""
+
+    def summary(self, metrics: dict[str, float]) -> None:
+        """The run's final metrics."""
+
+    def finish(self) -> None:
+        """Flush and close; the tracker is not used after this."""
+
+
+class NullTracker:
+    """Records nothing."""
+
+    takes_images = False
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_images(self, images: Callable[[], Pictures], step: int) -> None:
+        pass
+
+    def summary(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 def _jsonable(value: float) -> float | None:
@@ -29,18 +60,25 @@ class JsonlTracker:
     """``metrics.jsonl`` (one object per logged step, appended on resume) and ``summary.json``.
 
     Cloud Storage has no append: there the whole file is written again at
-    each log (a few hundred bytes a row, on the tracker thread).
+    each log (a few hundred bytes a row, on the tracker thread). Pictures are
+    not stored here.
     """
+
+    takes_images = False
 
     def __init__(self, run_dir: epath.Path):
         self.run_dir = run_dir
         path = run_dir / "metrics.jsonl"
         self._path, self._file = path, None
+        earlier = path.read_text() if path.exists() else ""
         if is_remote(run_dir):
-            self._text = path.read_text() if path.exists() else ""
+            self._text = earlier
         else:
             self._file = open(path, "a")
         self._summary: dict[str, float] = {}
+        rows = [json.loads(line) for line in earlier.splitlines() if line.strip()]
+        #: The last step an earlier session of the run logged (None: none), e.g. before a crash.
+        self.last_step: int | None = max((int(r["step"]) for r in rows), default=None)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         line = json.dumps({"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}) + "\n"
@@ -50,6 +88,9 @@ class JsonlTracker:
         else:
             self._file.write(line)
             self._file.flush()
+
+    def log_images(self, images: Callable[[], Pictures], step: int) -> None:
+        pass
 
     def summary(self, metrics: dict[str, float]) -> None:
         self._summary.update(metrics)
@@ -75,20 +116,17 @@ class MultiTracker:
         for t in self.trackers:
             t.summary(metrics)
 
-    def log_images(self, images: Callable[[], dict], step: int) -> None:
-        """To the trackers that take images (the others have no ``log_images``).
-
-        ``images`` makes the figures; it is called only if some tracker takes them.
-        """
-        takers = [t for t in self.trackers if hasattr(t, "log_images")]
+    def log_images(self, images: Callable[[], Pictures], step: int) -> None:
+        """Draws once, for the trackers that take images."""
+        takers = [t for t in self.trackers if t.takes_images]
         if takers:
-            figures = images()
+            drawn = images()
             for t in takers:
-                t.log_images(figures, step)
+                t.log_images(lambda: drawn, step)
 
     @property
     def takes_images(self) -> bool:
-        return any(hasattr(t, "log_images") for t in self.trackers)
+        return any(t.takes_images for t in self.trackers)
 
     def finish(self) -> None:
         for t in self.trackers:
@@ -104,7 +142,7 @@ class BackgroundTracker:
     still reach W&B in increasing order. An error there is raised by the next call.
     """
 
-    def __init__(self, tracker, max_pending: int = 64):
+    def __init__(self, tracker: Tracker, max_pending: int = 64):
         self.tracker = tracker
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
@@ -113,7 +151,7 @@ class BackgroundTracker:
 
     @property
     def takes_images(self) -> bool:
-        return getattr(self.tracker, "takes_images", False)
+        return self.tracker.takes_images
 
     def _work(self) -> None:
         while True:
@@ -134,7 +172,7 @@ class BackgroundTracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._put(lambda: self.tracker.log(metrics, step))
 
-    def log_images(self, images: Callable[[], dict], step: int) -> None:
+    def log_images(self, images: Callable[[], Pictures], step: int) -> None:
         self._put(lambda: self.tracker.log_images(images, step))
 
     def summary(self, metrics: dict[str, float]) -> None:

@@ -1,0 +1,43 @@
+"""What the training loop needs of a runner: ``LocalRunner`` (this process) and the Ray
+``RayRunner`` (a coordinator and worker actors) both provide it."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from snndist.track.metrics import Metrics
+
+
+class Runner(Protocol):
+    num_samples: int  # in the training split
+
+    def step(self, indices: np.ndarray) -> Metrics:
+        """One training step on the global batch ``indices``; metrics may stay on the device until read."""
+
+    def evaluate(self, split: str) -> Metrics:
+        """Metrics over the whole ``split`` at the current parameters."""
+
+    def trace(self, indices: np.ndarray) -> dict:
+        """``{"trace", "inputs", "labels"}`` of a forward pass over training samples ``indices``, host arrays."""
+
+    def get_state(self) -> dict:
+        """``{params, opt_state, step, skipped}`` as host arrays and ints: what a checkpoint holds."""
+
+    def set_state(self, state: dict) -> None:
+        """Load a ``get_state()``-shaped state, whatever topology saved it."""
+
+    def topology(self) -> dict:
+        """``{workers, devices_per_worker, grad_sync}``, recorded in checkpoints."""
+
+    def restart(self) -> None:
+        """Replace lost workers; the state is then a fresh initialisation until ``set_state``."""
+
+    def preemption_notice(self) -> str | None:
+        """Why the run must stop now (e.g. a node of the run is being drained), or None."""
+
+    def check_visible(self, path: str, run_dir: str) -> None:
+        """Raise ConfigError if some worker cannot see the new file ``path`` in ``run_dir``."""
+
+    def close(self) -> None:
+        """Release what the runner holds (workers, reservations, a Ray instance it started)."""
