@@ -43,9 +43,9 @@ class _Clocked:
     def __getattr__(self, name):
         return getattr(self.runner, name)
 
-    def step(self, indices):
+    def step(self, indices, upcoming=None):
         self.first = self.first or time.perf_counter()
-        metrics = self.runner.step(indices)
+        metrics = self.runner.step(indices, upcoming)
         self.last = time.perf_counter()
         return metrics
 

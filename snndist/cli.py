@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 
+from snndist.config import Split
 from snndist.errors import ConfigError, SnndistError
 
 EXIT_BAD_INPUT = ConfigError.exit_code
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Load RUN_DIR's newest checkpoint, print eval loss, accuracy and per-layer spike rates, "
         "and write them to RUN_DIR/eval_<split>.json."))
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
-    evaluate.add_argument("--split", default="train", choices=("train", "test"))
+    evaluate.add_argument("--split", default="train", choices=typing.get_args(Split),
+                          help="which split of the run's dataset (default: train)")
     evaluate.set_defaults(func=cmd_eval)
 
     plot = commands.add_parser("plot", help="draw a run's loss, spike raster and voltages", description=(

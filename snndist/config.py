@@ -35,12 +35,15 @@ from snndist.model.surrogate_params import SURROGATE_DEFAULTS
 Reset = Literal["soft", "hard"]
 WeightInit = Literal["kaiming_normal", "kaiming_uniform"]
 ReadoutReduce = Literal["mean", "max", "last"]
-DataKind = Literal["synthetic"]
+DataKind = Literal["synthetic", "shd", "ssc", "nmnist", "events", "tonic", "encoded"]
 Encoding = Literal["auto", "events", "dense"]
+BinCount = Literal["clip", "count"]
+StaticEncoder = Literal["rate", "latency"]
+Latency = Literal["linear", "log"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 LrSchedule = Literal["constant", "cosine", "linear"]
 GradSync = Literal["coordinator", "xla"]
-Split = Literal["train", "test"]
+Split = Literal["train", "valid", "test"]
 BestMode = Literal["min", "max"]
 WandbMode = Literal["online", "offline", "disabled"]
 Accelerator = Literal["auto", "cpu", "gpu", "tpu"]
@@ -50,6 +53,12 @@ PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_SPREAD"]
 def resumable(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     """A field ``--resume --set`` may change: it leaves what a step computes alone (see ``config_hash``)."""
     return field(default=default, metadata={"resumable": True}, **kwargs)
+
+
+def added(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A field added after runs were checkpointed: it enters ``config_hash`` only when set off its
+    default, so that those runs' checkpoints still match their configs."""
+    return field(default=default, metadata={"added": True}, **kwargs)
 
 
 # --------------------------------------------------------------------- model
@@ -105,19 +114,38 @@ class ModelConfig:
 
 # ---------------------------------------------------------------------- data
 @dataclass(frozen=True)
+class EncodeConfig:
+    """How ``kind: encoded`` turns static features in [0, 1] into spikes (see ``snndist.data.encoded``)."""
+
+    method: StaticEncoder = "rate"  # rate: Bernoulli per step; latency: one spike, earlier for larger x
+    max_rate_hz: float = 200.0  # rate: the firing rate of a feature of 1
+    latency: Latency = "linear"  # latency: spike step linear in x, or logarithmic
+    threshold: float = 0.01  # latency: features at or below this do not fire
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    kind: DataKind = "synthetic"  # synthetic: Bernoulli spike trains, random labels (the seed's task)
-    num_inputs: int = 100
+    # synthetic: Bernoulli spike trains, random labels (the seed's task); shd, ssc, nmnist: the published
+    # datasets; events: users' recordings; tonic: a tonic dataset; encoded: static data encoded as spikes
+    kind: DataKind = "synthetic"
+    path: Optional[str] = added(None)  # the dataset's directory (encoded: an .npz; none: scikit-learn digits)
+    num_inputs: int = 100  # input channels, after data.channel_pool
     num_classes: int = 2
     timesteps: int = 200
-    dt_ms: float = 1.0
+    dt_ms: float = 1.0  # simulation step, and the width of a bin of recorded events
+    channel_pool: int = added(1)  # recordings: channels (shd, ssc, events) or each pixel axis pooled by this
+    bin_count: BinCount = added("clip")  # recordings: events of a channel in one bin: clip to 1 or count
+    tonic_dataset: Optional[str] = added(None)  # tonic: a class of tonic.datasets, e.g. POKERDVS
+    encode: EncodeConfig = added(default_factory=EncodeConfig)  # encoded: how
+    test_fraction: float = added(0.2)  # encoded, without a test split of its own: held out of the data
+    valid_fraction: float = added(0.0)  # held out of train as the valid split (datasets without one)
     rate_hz: float = 5.0  # synthetic: input firing rate
-    num_samples: int = 256  # synthetic: size of the training set
-    seed: Optional[int] = None  # synthetic: which samples (i depends on (seed, i) only); None: train.seed
+    num_samples: int = 256  # synthetic: samples per split
+    seed: Optional[int] = None  # synthetic, encoded: which spikes (i depends on (seed, i) only); None: train.seed
     shuffle: bool = True  # a new sample order every epoch
     # events (sparse lists), dense (rasters), auto: events below 2% density; the same math either way
     encoding: Encoding = resumable("auto")
-    max_events: int = 0  # events per sample for the events encoding; 0: derived from the data
+    max_events: int = 0  # events per sample for the events encoding; 0: derived from the data where it can be
 
 
 # --------------------------------------------------------------------- train
@@ -354,11 +382,17 @@ def dump_yaml(config: Config) -> str:
 
 # ------------------------------------------------------------------ resume
 def _math(obj: Any) -> Any:
-    """The plain form of a config without its resumable fields: what a step computes from."""
+    """The plain form of a config without its resumable fields (and added fields at their default):
+    what a step computes from."""
     if dataclasses.is_dataclass(obj):
         return {f.name: _math(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.metadata.get("resumable")}
+                if not f.metadata.get("resumable") and not (f.metadata.get("added") and _is_default(obj, f))}
     return _to_plain(obj)
+
+
+def _is_default(obj: Any, f: dataclasses.Field) -> bool:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return getattr(obj, f.name) == default
 
 
 def config_hash(cfg: Config) -> str:
@@ -396,8 +430,23 @@ def _validate(cfg: Config) -> None:
         _check(getattr(d, name) > 0, f"data.{name}", getattr(d, name), "must be > 0")
     _check(d.num_classes >= 2, "data.num_classes", d.num_classes, "must be >= 2")
     _check(d.max_events >= 0, "data.max_events", d.max_events, "must be >= 0 (0: derived from the data)")
-    _check(0 <= d.rate_hz * d.dt_ms / 1000.0 <= 1, "data.rate_hz", d.rate_hz,
-           f"must be in [0, 1000/dt_ms] = [0, {1000.0 / d.dt_ms:g}]")
+    if d.kind == "synthetic":
+        _check(0 <= d.rate_hz * d.dt_ms / 1000.0 <= 1, "data.rate_hz", d.rate_hz,
+               f"must be in [0, 1000/dt_ms] = [0, {1000.0 / d.dt_ms:g}]")
+    if d.kind in ("shd", "ssc", "nmnist", "events", "tonic"):
+        _check(d.path is not None, "data.path", d.path, f"data.kind={d.kind} reads its files from data.path")
+    _check(d.kind != "tonic" or d.tonic_dataset is not None, "data.tonic_dataset", d.tonic_dataset,
+           "data.kind=tonic needs a class of tonic.datasets, e.g. POKERDVS")
+    _check(d.channel_pool > 0, "data.channel_pool", d.channel_pool, "must be > 0")
+    _check(0 <= d.valid_fraction < 1, "data.valid_fraction", d.valid_fraction, "must be in [0, 1)")
+    _check(d.kind != "ssc" or d.valid_fraction == 0, "data.valid_fraction", d.valid_fraction,
+           "must be 0 for ssc, which has a valid split of its own")
+    _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
+    if d.kind == "encoded":
+        e = d.encode
+        _check(0 < e.max_rate_hz * d.dt_ms / 1000.0 <= 1, "data.encode.max_rate_hz", e.max_rate_hz,
+               f"must be in (0, 1000/dt_ms] = (0, {1000.0 / d.dt_ms:g}]")
+        _check(0 < e.threshold < 1, "data.encode.threshold", e.threshold, "must be in (0, 1)")
 
     _check(len(m.layers) > 0, "model.layers", [], "must list at least one hidden layer")
     for i, layer in enumerate(m.layers):

@@ -17,7 +17,7 @@ class ConfigError(SnndistError, ValueError):
     exit_code = 2
 
 
-class DataError(SnndistError):
+class DataError(SnndistError, ValueError):
     """A dataset file is missing or malformed: the message names the file, the sample and the problem.
 
     Raised in a worker too, where the coordinator passes it on as it is.

@@ -200,13 +200,13 @@ class _KillingRunner:
     def __getattr__(self, name):
         return getattr(self.runner, name)
 
-    def step(self, indices):
+    def step(self, indices, upcoming=None):
         self.steps += 1
         rank = self.kill_before.pop(self.steps, None)
         if rank is not None:
             import os
             os.kill(self.runner.worker_pids()[rank], signal.SIGKILL)
-        return self.runner.step(indices)
+        return self.runner.step(indices, upcoming)
 
 
 def _ray_fit(run_dir, sync, kill_before=None):

@@ -8,6 +8,7 @@ from snndist.data.order import batch_indices, data_position, plan_shards
 from snndist.data.events import to_events
 from snndist.model.inputs import SpikeEvents
 from snndist.data.loader import SampleLoader
+from snndist.errors import DataError
 
 
 def _dataset(*overrides, split="train"):
@@ -17,8 +18,9 @@ def _dataset(*overrides, split="train"):
 
 def test_a_sample_is_a_function_of_its_index():
     _, ds = _dataset()
-    x_all, y_all = ds.load(np.arange(40))
-    x_some, y_some = ds.load(np.array([17, 3, 17]))
+    x_all, y_all, dropped = ds.load(np.arange(40))
+    x_some, y_some, _ = ds.load(np.array([17, 3, 17]))
+    assert not dropped.any()
     np.testing.assert_array_equal(x_some, x_all[[17, 3, 17]])
     np.testing.assert_array_equal(y_some, y_all[[17, 3, 17]])
     assert x_all.shape == (40, 200, 100) and x_all.dtype == bool
@@ -35,6 +37,8 @@ def test_seeds_and_splits_differ():
     assert not np.array_equal(a.load(idx)[0], test.load(idx)[0])
     with pytest.raises(IndexError):
         a.load(np.array([40]))
+    valid = _dataset("data.seed=1", split="valid")[1]
+    assert not np.array_equal(a.load(idx)[0], valid.load(idx)[0]), "synthetic data has a valid split of its own"
 
 
 def test_batch_order_covers_each_epoch_once():
@@ -67,11 +71,11 @@ def _to_dense(ev: SpikeEvents, timesteps, n):
 
 def test_events_round_trip_and_overflow_is_an_error():
     _, ds = _dataset()
-    x, _ = ds.load(np.arange(40))
+    x, _, _ = ds.load(np.arange(40))
     ev = to_events(x, ds.max_events)
     np.testing.assert_array_equal(_to_dense(ev, 200, 100), x)
     assert (ev.times == 200).any(), "padding slots are marked with t = T"
-    with pytest.raises(ValueError, match="more than the event capacity 10"):
+    with pytest.raises(DataError, match="more than the event capacity 10"):
         to_events(x, 10)
 
 
@@ -79,13 +83,40 @@ def test_loader_caches_and_encodes():
     cfg, ds = _dataset()
     loader = SampleLoader(ds, cfg.data)
     assert loader.encoding == "events"
-    x1, y1 = loader.load(np.array([5, 9]))
-    x2, y2 = loader.load(np.array([9, 5, 30]))
+    x1, y1, _ = loader.load(np.array([5, 9]))
+    x2, y2, _ = loader.load(np.array([9, 5, 30]))
     np.testing.assert_array_equal(x1.times[0], x2.times[1])
     np.testing.assert_array_equal(y1, y2[[1, 0]])
-    raw, _ = ds.load(np.array([30]))
+    raw, _, _ = ds.load(np.array([30]))
     np.testing.assert_array_equal(_to_dense(SpikeEvents(x2.times[2:], x2.units[2:]), 200, 100), raw)
     dense = SampleLoader(ds, load_config("configs/tutorial.yaml", ["data.encoding=dense"]).data)
     np.testing.assert_array_equal(dense.load(np.array([30]))[0], raw)
     uncached = SampleLoader(ds, cfg.data, cache_bytes=0)
     np.testing.assert_array_equal(uncached.load(np.array([9]))[0].units, x1.units[1:])
+
+
+def test_prefetch_reads_each_sample_once():
+    cfg, ds = _dataset()
+
+    class Counting:
+        """The dataset, recording which samples it was asked to read."""
+
+        def __init__(self):
+            self.asked = []
+
+        def __getattr__(self, name):
+            return getattr(ds, name)
+
+        def __len__(self):
+            return len(ds)
+
+        def load(self, indices):
+            self.asked.append(sorted(np.asarray(indices).tolist()))
+            return ds.load(indices)
+
+    counting = Counting()
+    loader = SampleLoader(counting, cfg.data)
+    loader.prefetch(np.array([4, 2, 4]))
+    x, y, _ = loader.load(np.array([2, 7, 4]))
+    assert counting.asked == [[2, 4], [7]], "prefetched samples come from the cache"
+    np.testing.assert_array_equal(y, ds.load(np.array([2, 7, 4]))[1])

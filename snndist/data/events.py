@@ -5,22 +5,27 @@ import math
 
 import numpy as np
 
+from snndist.errors import DataError
 from snndist.model.inputs import SpikeEvents
 
 
 def to_events(spikes: np.ndarray, capacity: int) -> SpikeEvents:
-    """Dense ``[batch, T, n]`` spikes -> ``SpikeEvents`` with ``capacity`` slots.
+    """Dense ``[batch, T, n]`` spikes (bool, or spike counts) -> ``SpikeEvents`` with ``capacity`` slots;
+    a count of k is k events at the same step and unit.
 
-    Raises ValueError if a sample has more events than ``capacity``: they
+    Raises DataError if a sample has more events than ``capacity``: they
     would be lost, silently changing the input.
     """
     batch, timesteps, _ = spikes.shape
     b, t, n = np.nonzero(spikes)
+    if spikes.dtype != bool:
+        repeats = spikes[b, t, n].astype(np.int64)
+        b, t, n = np.repeat(b, repeats), np.repeat(t, repeats), np.repeat(n, repeats)
     counts = np.bincount(b, minlength=batch)
     if counts.size and counts.max() > capacity:
         worst = int(counts.argmax())
-        raise ValueError(f"sample at batch position {worst} has {counts[worst]} spikes, more than the "
-                         f"event capacity {capacity}; raise data.max_events or use data.encoding=dense")
+        raise DataError(f"sample at batch position {worst} has {counts[worst]} spikes, more than the "
+                        f"event capacity {capacity}; raise data.max_events or use data.encoding=dense")
     slot = np.arange(b.size) - np.repeat(np.cumsum(counts) - counts, counts)
     times = np.full((batch, capacity), timesteps, np.int32)
     units = np.zeros((batch, capacity), np.int32)

@@ -7,15 +7,17 @@ exactly what an uninterrupted one would.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
 
 
+@functools.lru_cache(maxsize=4)  # each step and the one after it read the same epoch or two
 def epoch_order(epoch: int, num_samples: int, seed: int, shuffle: bool) -> np.ndarray:
-    if not shuffle:
-        return np.arange(num_samples)
-    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples) if shuffle else np.arange(num_samples)
+    order.flags.writeable = False  # shared by the cache
+    return order
 
 
 def batch_indices(step: int, global_batch: int, num_samples: int, seed: int,

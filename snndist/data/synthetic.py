@@ -13,8 +13,8 @@ import numpy as np
 
 from snndist.config import DataConfig
 from snndist.data.events import bernoulli_capacity
+from snndist.data.splits import SPLIT_IDS
 
-_SPLIT_IDS = {"train": 0, "test": 1}
 _CHUNK = 32  # samples made per call of the jitted generator
 
 
@@ -22,16 +22,16 @@ class SyntheticSpikes:
     """``num_samples`` samples of ``timesteps x num_inputs`` spikes at ``rate_hz``."""
 
     def __init__(self, cfg: DataConfig, split: str = "train", default_seed: int = 0):
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"unknown split {split!r}; known: {', '.join(_SPLIT_IDS)}")
+        self.name = f"synthetic {split} split"
         self.num_inputs = cfg.num_inputs
         self.num_classes = cfg.num_classes
         self.timesteps = cfg.timesteps
         self._size = cfg.num_samples
+        self.dtype = np.dtype(bool)
         self.density = cfg.rate_hz * cfg.dt_ms / 1000.0  # expected fraction of active inputs
         self.max_events = bernoulli_capacity(cfg.timesteps, cfg.num_inputs, self.density)
         seed = default_seed if cfg.seed is None else cfg.seed
-        self._key = jax.random.fold_in(jax.random.PRNGKey(seed), _SPLIT_IDS[split])
+        self._key = jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_IDS[split])
         self._make = jax.jit(jax.vmap(functools.partial(
             _sample, timesteps=cfg.timesteps, num_inputs=cfg.num_inputs,
             num_classes=cfg.num_classes, p=self.density), in_axes=(None, 0)))
@@ -39,8 +39,8 @@ class SyntheticSpikes:
     def __len__(self) -> int:
         return self._size
 
-    def load(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Samples at ``indices``: spikes ``[n, T, num_inputs]`` bool, labels ``[n]`` int32."""
+    def load(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Samples at ``indices``: spikes ``[n, T, num_inputs]`` bool, labels ``[n]`` int32, nothing dropped."""
         indices = np.asarray(indices)
         if indices.size and (indices.min() < 0 or indices.max() >= self._size):
             raise IndexError(f"sample index out of range [0, {self._size})")
@@ -50,7 +50,7 @@ class SyntheticSpikes:
                  for i in range(0, padded.size, _CHUNK)]
         x = np.concatenate([np.asarray(p[0]) for p in parts])[:indices.size]
         y = np.concatenate([np.asarray(p[1]) for p in parts])[:indices.size]
-        return x, y
+        return x, y, np.zeros(indices.size, np.int64)
 
 
 def _sample(key, index, *, timesteps, num_inputs, num_classes, p):

@@ -1,6 +1,7 @@
 """Joining a Ray cluster and reserving the workers' resources. No JAX here."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import NamedTuple
@@ -26,6 +27,8 @@ def connect(address: str | None) -> bool:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         else:
+            # Ray says at every start of a local instance that token auth is on: nothing to act on here.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "

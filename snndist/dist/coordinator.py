@@ -18,7 +18,7 @@ from snndist.config import Config
 from snndist.data.order import plan_shards
 from snndist.dist import cluster
 from snndist.dist.worker import Worker
-from snndist.errors import ConfigError, WorkerError, WorkerLost, one_line
+from snndist.errors import ConfigError, SnndistError, WorkerError, WorkerLost, one_line
 from snndist.track.metrics import Metrics, weighted_mean, weighted_tree_mean
 
 SHUTDOWN_TIMEOUT_S = 30
@@ -75,19 +75,23 @@ class RayRunner:
         self.grad_sync_s = 0.0
 
     # ------------------------------------------------------------------ runner interface
-    def step(self, indices: np.ndarray) -> Metrics:
+    def step(self, indices: np.ndarray, upcoming: np.ndarray | None = None) -> Metrics:
         shards = plan_shards(indices, len(self.workers), self.local_devices)
+        following = ([None] * len(shards) if upcoming is None
+                     else plan_shards(upcoming, len(self.workers), self.local_devices))
         if self.cfg.train.grad_sync == "xla" or len(self.workers) == 1:  # one worker: nothing to average
-            metrics = self._gather([w.train_step.remote(s) for w, s in zip(self.workers, shards)])[0]
+            results = self._gather([w.train_step.remote(s, f) for w, s, f in zip(self.workers, shards, following)])
+            # The step's metrics are the collective's, the same on every worker; what each read is its own.
+            metrics = {**results[0], "count/dropped_events": sum(r["count/dropped_events"] for r in results)}
         else:
-            metrics = self._coordinated_step(shards)
+            metrics = self._coordinated_step(shards, following)
         self.steps_done += 1
         if self.cfg.train.grad_sync == "coordinator" and self.steps_done % self.cfg.train.drift_check_every == 0:
             self.check_replicas()
         return metrics
 
-    def _coordinated_step(self, shards) -> Metrics:
-        results = self._gather([w.grads.remote(s) for w, s in zip(self.workers, shards)])
+    def _coordinated_step(self, shards, following) -> Metrics:
+        results = self._gather([w.grads.remote(s, f) for w, s, f in zip(self.workers, shards, following)])
         began = time.perf_counter()
         counts = [float(s.weights.sum()) for s in shards]
         grads = weighted_tree_mean([g for g, _ in results], counts)
@@ -224,6 +228,8 @@ class RayRunner:
             except ray.exceptions.RayTaskError as err:
                 self.failed = True
                 cause = err.cause if err.cause is not None else err
+                if isinstance(cause, SnndistError):  # bad data or config, said in the worker as here
+                    raise cause from None
                 raise WorkerError(rank_of[ready[0]], f"{type(cause).__name__}: {one_line(cause)}") from None
             except ray.exceptions.RayActorError as err:
                 self.failed = True

@@ -52,13 +52,13 @@ class Worker:
                 "local_devices": self.replica.local_devices, "mesh": self.replica.layout.size,
                 "platform": devices[0].platform, "num_samples": self.replica.num_samples("train")}
 
-    def train_step(self, shard: Shard) -> dict:
+    def train_step(self, shard: Shard, upcoming: Shard | None = None) -> dict:
         from snndist.train.step import to_host
 
-        return to_host(self.replica.train_step(shard))
+        return to_host(self.replica.train_step(shard, upcoming))
 
-    def grads(self, shard: Shard):
-        return self.replica.grads(shard)
+    def grads(self, shard: Shard, upcoming: Shard | None = None):
+        return self.replica.grads(shard, upcoming)
 
     def apply(self, grads: dict, loss: float) -> dict:
         return self.replica.apply(grads, loss)

@@ -89,8 +89,10 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
                 raise Preempted(f"stopped by {reason} at step {step}; checkpoint committed; "
                                 f"continue with --resume")
             indices = batch_indices(step, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
+            upcoming = (batch_indices(step + 1, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
+                        if step + 1 < t.steps else None)
             try:
-                metrics = runner.step(indices)
+                metrics = runner.step(indices, upcoming)
             except WorkerLost as err:
                 step = _recover(cfg, runner, checkpointer, err, step, failures, tracker, say)
                 previous = None

@@ -14,13 +14,16 @@ Metrics = dict[str, Any]
 
 
 def summarize(metrics: Metrics, prefix: str = "spikes") -> dict[str, float]:
-    """Floats to log; ``count/neuron_spikes/L`` becomes ``<prefix>/silent_fraction/L``."""
+    """Floats to log; ``count/neuron_spikes/L`` becomes ``<prefix>/silent_fraction/L``, and
+    ``count/dropped_events`` (recorded events past the time window) ``data/dropped_events``."""
     out = {}
     for key, value in metrics.items():
         value = np.asarray(value)
         if key.startswith("count/neuron_spikes/"):
             layer = key.rsplit("/", 1)[1]
             out[f"{prefix}/silent_fraction/{layer}"] = float((value == 0).mean())
+        elif key == "count/dropped_events":
+            out["data/dropped_events"] = float(value)
         elif key != "train/step_skipped":
             out[key] = float(value)
     return out

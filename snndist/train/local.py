@@ -20,8 +20,10 @@ class LocalRunner:
         self.replica = Replica(cfg, self.layout)
         self.num_samples = self.replica.num_samples("train")
 
-    def step(self, indices) -> Metrics:
-        return self.replica.train_step(plan_shards(indices, 1, self.replica.local_devices)[0])
+    def step(self, indices, upcoming=None) -> Metrics:
+        devices = self.replica.local_devices
+        following = None if upcoming is None else plan_shards(upcoming, 1, devices)[0]
+        return self.replica.train_step(plan_shards(indices, 1, devices)[0], following)
 
     def evaluate(self, split: str) -> Metrics:
         return self.replica.evaluate(split)[0]

@@ -58,7 +58,8 @@ class Replica:
     def _global_batch(self, shard: Shard, split: str):
         """This process's rows -> arrays of the global batch, split over the mesh."""
         began = time.perf_counter()
-        x, y = self.loader(split).load(shard.indices)
+        x, y, dropped = self.loader(split).load(shard.indices)
+        self.dropped = float(dropped @ shard.weights)  # past the time window, in this shard's real samples
 
         def put(local):
             local = np.asarray(local)
@@ -71,15 +72,25 @@ class Replica:
         self.data_s = time.perf_counter() - began
         return batch
 
-    def train_step(self, shard: Shard) -> Metrics:
-        """A whole step (the gradient mean, if any, is inside the jitted step); device metrics."""
-        self.state, metrics = self._train_step(self.state, *self._global_batch(shard, "train"))
-        return {**metrics, "perf/data_s": self.data_s}
+    def _host_metrics(self) -> Metrics:
+        return {"perf/data_s": self.data_s, "count/dropped_events": self.dropped}
 
-    def grads(self, shard: Shard) -> tuple[dict, Metrics]:
+    def train_step(self, shard: Shard, upcoming: Shard | None = None) -> Metrics:
+        """A whole step (the gradient mean, if any, is inside the jitted step); device metrics.
+
+        ``upcoming``: the next step's shard, loaded into the cache while this step computes.
+        """
+        self.state, metrics = self._train_step(self.state, *self._global_batch(shard, "train"))
+        if upcoming is not None:  # the step was only dispatched: this overlaps it
+            self.loader("train").prefetch(upcoming.indices)
+        return {**metrics, **self._host_metrics()}
+
+    def grads(self, shard: Shard, upcoming: Shard | None = None) -> tuple[dict, Metrics]:
         """This shard's mean gradient and metrics, on the host (coordinator sync)."""
-        grads, metrics = to_host(self._grad_step(self.state.params, *self._global_batch(shard, "train")))
-        return grads, {**metrics, "perf/data_s": self.data_s}
+        grads, metrics = self._grad_step(self.state.params, *self._global_batch(shard, "train"))
+        if upcoming is not None:
+            self.loader("train").prefetch(upcoming.indices)
+        return to_host(grads), {**to_host(metrics), **self._host_metrics()}
 
     def apply(self, grads: dict, loss: float) -> Metrics:
         """Apply the mean gradient every replica received (coordinator sync); host metrics."""
@@ -113,7 +124,7 @@ class Replica:
         Runs on this process's default device from a host copy of the
         parameters: no collectives, so one worker can answer alone.
         """
-        x, y = self.loader(split).dataset.load(np.asarray(indices))
+        x, y, _ = self.loader(split).dataset.load(np.asarray(indices))
         trace = jax.tree.map(np.asarray, self._trace(self.params(), x))
         return {"trace": trace, "inputs": x, "labels": y}
 

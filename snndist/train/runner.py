@@ -12,8 +12,11 @@ from snndist.track.metrics import Metrics
 class Runner(Protocol):
     num_samples: int  # in the training split
 
-    def step(self, indices: np.ndarray) -> Metrics:
-        """One training step on the global batch ``indices``; metrics may stay on the device until read."""
+    def step(self, indices: np.ndarray, upcoming: np.ndarray | None = None) -> Metrics:
+        """One training step on the global batch ``indices``; metrics may stay on the device until read.
+
+        ``upcoming``: the next step's batch, whose samples may be loaded while this step computes.
+        """
 
     def evaluate(self, split: str) -> Metrics:
         """Metrics over the whole ``split`` at the current parameters."""
