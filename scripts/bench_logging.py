@@ -30,7 +30,7 @@ from snndist.config import load_config
 from snndist.run.loop import fit
 from snndist.store.checkpoint import Checkpointer
 from snndist.track.tracker import BackgroundTracker, JsonlTracker, MultiTracker, NullTracker
-from snndist.track.wandb_tracker import WandbTracker
+from snndist.track.wandb_tracker import start_wandb
 from snndist.train.local import LocalRunner
 
 
@@ -59,8 +59,9 @@ def one_run(logged: bool, steps: int, tmp: Path, images_every: int) -> float:
     run.mkdir()
     runner = LocalRunner(cfg, devices=1)
     runner.step(np.arange(cfg.train.global_batch))  # compile outside the timing
-    tracker = (BackgroundTracker(MultiTracker(JsonlTracker(run), WandbTracker(
-        run, cfg.logging.wandb, cfg.to_dict(), say=lambda _: None, system_stats=cfg.logging.wandb.system_stats))) if logged else NullTracker())
+    tracker = (BackgroundTracker(MultiTracker(JsonlTracker(run), start_wandb(
+        cfg.logging.wandb, run, cfg.to_dict(), say=lambda _: None, system_stats=cfg.logging.wandb.system_stats)))
+               if logged else NullTracker())
     checkpointer = Checkpointer(run, cfg.checkpoint, say=lambda _: None)
     clocked = _Clocked(runner)
     fit(cfg, clocked, tracker, checkpointer, say=lambda _: None)

@@ -46,6 +46,7 @@ GradSync = Literal["coordinator", "xla"]
 Split = Literal["train", "valid", "test"]
 BestMode = Literal["min", "max"]
 WandbMode = Literal["online", "offline", "disabled"]
+WandbOnError = Literal["offline", "disable", "fail"]
 Accelerator = Literal["auto", "cpu", "gpu", "tpu"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_SPREAD"]
 
@@ -188,12 +189,17 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class WandbConfig:
-    mode: Optional[WandbMode] = None  # None: offline unless WANDB_API_KEY is set
-    project: str = "snndist"
-    entity: Optional[str] = None
+    """W&B settings. Each one set here wins; unset (null, or no tags), W&B's own environment variable
+    (WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_RUN_GROUP, WANDB_TAGS, WANDB_NAME) gives it; else the
+    default said beside it."""
+
+    mode: Optional[WandbMode] = None  # default: online with WANDB_API_KEY set, else offline
+    project: Optional[str] = None  # default: snndist
+    entity: Optional[str] = None  # default: the key's own
     group: Optional[str] = None
     tags: tuple[str, ...] = ()
-    name: Optional[str] = None  # None: the run directory's name
+    name: Optional[str] = None  # default: the run directory's name
+    on_error: WandbOnError = "offline"  # W&B cannot start online, or fails mid-run: go on offline, without it, or stop
     images_every: int = 500  # pictures at the first logged step at or after each multiple of this; 0: off
     system_stats: bool = False  # W&B's CPU/GPU/memory sampling: a few % of a small CPU run's time
 

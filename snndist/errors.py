@@ -32,6 +32,12 @@ class CheckpointError(SnndistError):
     exit_code = 2
 
 
+class WandbError(SnndistError):
+    """W&B cannot start or failed mid-run, and ``logging.wandb.on_error: fail`` says to stop."""
+
+    exit_code = 2
+
+
 class ClusterError(SnndistError):
     """The Ray cluster cannot be reached, refuses us, or lacks the resources asked for."""
 

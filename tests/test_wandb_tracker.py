@@ -7,7 +7,8 @@ import pytest
 from wandb_records import config_of, history, inspect_records, inspect_summary, run_files
 
 from snndist.config import WandbConfig
-from snndist.track.wandb_tracker import WandbTracker, resolve_mode
+from snndist.errors import ConfigError
+from snndist.track.wandb_tracker import WandbTracker, resolve_settings, start_wandb
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONFIG = {"model": {"layers": [{"size": 4, "recurrent": False}]}, "train": {"steps": 50, "lr": 0.002}}
@@ -18,7 +19,7 @@ def offline_env(monkeypatch, tmp_path):
     """No key, no mode: the tracker must choose offline by itself. W&B's own
     settings and caches are kept inside the test's directory."""
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_PROJECT",
-                 "WANDB_ENTITY", "WANDB_BASE_URL"):
+                 "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_NAME"):
         monkeypatch.delenv(name, raising=False)
     for name, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / sub))
@@ -32,8 +33,7 @@ def _pictures():
 
 
 def _first_run(run_dir: Path, said: list[str]) -> WandbTracker:
-    tracker = WandbTracker(run_dir, WandbConfig(tags=("test",)), CONFIG, default_name="first",
-                           say=said.append, system_stats=False)
+    tracker = start_wandb(WandbConfig(tags=("test",)), run_dir, CONFIG, default_name="first", say=said.append)
     assert tracker.mode == "offline"
     for step in (10, 20, 30):
         tracker.log({"train/loss": 1.0 / step, "spikes/rate_hz/hidden0": 5.0 + step,
@@ -45,11 +45,16 @@ def _first_run(run_dir: Path, said: list[str]) -> WandbTracker:
     return tracker
 
 
-def test_resolve_mode():
-    assert resolve_mode(WandbConfig(), {}) == "offline"
-    assert resolve_mode(WandbConfig(), {"WANDB_API_KEY": "k"}) == "online"
-    assert resolve_mode(WandbConfig(mode="offline"), {"WANDB_API_KEY": "k"}) == "offline"
-    assert resolve_mode(WandbConfig(mode="disabled"), {}) == "disabled"
+def test_settings_come_from_the_config_then_the_environment_then_the_defaults():
+    env = {"WANDB_API_KEY": "k", "WANDB_MODE": "offline", "WANDB_PROJECT": "p-env", "WANDB_ENTITY": "e-env",
+           "WANDB_RUN_GROUP": "g-env", "WANDB_TAGS": "a, b", "WANDB_NAME": "n-env"}
+    assert resolve_settings(WandbConfig(), {}, "dir") == ("offline", "snndist", None, None, (), "dir")
+    assert resolve_settings(WandbConfig(), {"WANDB_API_KEY": "k"}).mode == "online"
+    assert resolve_settings(WandbConfig(), env, "dir") == ("offline", "p-env", "e-env", "g-env", ("a", "b"), "n-env")
+    mine = WandbConfig(mode="disabled", project="p", entity="e", group="g", tags=("t",), name="n")
+    assert resolve_settings(mine, env, "dir") == ("disabled", "p", "e", "g", ("t",), "n")
+    with pytest.raises(ConfigError, match="WANDB_MODE='live': must be one of online, offline, disabled"):
+        resolve_settings(WandbConfig(), {"WANDB_MODE": "live"})
 
 
 def test_offline_run_reads_back(tmp_path):
@@ -106,8 +111,7 @@ def test_resume_does_not_relog_steps(tmp_path):
     first = _first_run(tmp_path, said)
 
     # Resume from an older checkpoint (step 20): W&B already holds 30, the last step of metrics.jsonl.
-    resumed = WandbTracker(tmp_path, WandbConfig(), CONFIG, run_id=first.run_id, say=said.append,
-                           system_stats=False, logged_through=30)
+    resumed = start_wandb(WandbConfig(), tmp_path, CONFIG, run_id=first.run_id, say=said.append, logged_through=30)
     assert resumed.run_id == first.run_id
     assert resumed.resumed_step == 30
     resumed.log({"train/loss": 999.0}, 20)  # already in W&B: dropped
@@ -140,8 +144,8 @@ def test_resume_does_not_relog_steps(tmp_path):
 def test_api_key_is_written_nowhere(tmp_path, monkeypatch):
     marker = f"marker-{secrets.token_hex(12)}"
     monkeypatch.setenv("WANDB_API_KEY", marker)
-    tracker = WandbTracker(tmp_path, WandbConfig(mode="offline"), {"note": f"key={marker}", **CONFIG},
-                           system_stats=False, say=lambda line: None)
+    tracker = start_wandb(WandbConfig(mode="offline"), tmp_path, {"note": f"key={marker}", **CONFIG},
+                          say=lambda line: None)
     assert tracker.mode == "offline"
     tracker.log({"train/loss": 0.5}, 1)
     tracker.log_images(_pictures, 1)

@@ -13,7 +13,7 @@ from snndist.errors import ConfigError
 from snndist.run.loop import StopSignal, fit, restore_newest
 from snndist.store.checkpoint import Checkpointer
 from snndist.store.rundir import check_run_dir_free, is_remote, local_dir_for, open_run_dir
-from snndist.track.tracker import BackgroundTracker, JsonlTracker, MultiTracker
+from snndist.track.tracker import BackgroundTracker, JsonlTracker, MultiTracker, last_logged_step
 from snndist.train.runner import Runner
 
 
@@ -49,14 +49,13 @@ def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False
         run_dir.mkdir(parents=True, exist_ok=True)
         if not is_remote(run_dir):  # gs:// is the same from every node
             _check_shared(runner, run_dir)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         if restart and (run_dir / "checkpoints").exists():
             aside = run_dir / f"checkpoints.before-restart-{time.strftime('%Y%m%d-%H%M%S')}"
             (run_dir / "checkpoints").rename(aside)
             say(f"--restart: earlier checkpoints kept in {aside}")
-        checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=say)
-        start_step, wandb_run_id = 0, None
+        start_step, wandb_run_id, checkpointer = 0, None, None
         if resume:
+            checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=say)
             meta = restore_newest(checkpointer, runner)
             if meta is None:
                 say(f"{run_dir}: no checkpoint yet; starting at step 0")
@@ -66,10 +65,13 @@ def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False
                                       f"(hash {meta.get('config_hash')} != {config_hash(cfg)}); was it edited?")
                 start_step, wandb_run_id = meta["step"], meta.get("wandb_run_id")
                 say(f"resumed at step {start_step} (saved on {meta['topology']})")
-        jsonl = JsonlTracker(run_dir)
-        wandb = _wandb(cfg, run_dir, wandb_run_id, jsonl.last_step, say)
+        # W&B before the run's own files: if it may stop the run (on_error: fail), a new run leaves
+        # nothing that would refuse the same command once W&B is back.
+        wandb = _wandb(cfg, run_dir, wandb_run_id, last_logged_step(run_dir), say)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        checkpointer = checkpointer or Checkpointer(run_dir, cfg.checkpoint, say=say)
         meta = {"wandb_run_id": wandb.run_id if wandb else None}
-        tracker = BackgroundTracker(MultiTracker(jsonl, *([wandb] if wandb else [])))
+        tracker = BackgroundTracker(MultiTracker(JsonlTracker(run_dir), *([wandb] if wandb else [])))
         try:
             return fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, meta=meta, say=say)
         finally:
@@ -90,21 +92,20 @@ def _check_shared(runner: Runner, run_dir: epath.Path) -> None:
 
 
 def _wandb(cfg: Config, run_dir: epath.Path, run_id: str | None, logged_through: int | None, say):
-    """The W&B tracker, or None if ``logging.wandb.mode`` is disabled; it continues ``run_id`` on resume,
-    where metrics.jsonl says which steps W&B already holds (``logged_through``).
+    """The W&B tracker, or None without W&B; it continues ``run_id`` on resume, where metrics.jsonl
+    says which steps W&B already holds (``logged_through``).
 
     W&B writes its files on this machine: in the run directory, or for gs:// in a local mirror of it.
     """
-    from snndist.track.wandb_tracker import WandbTracker, resolve_mode
+    from snndist.track.wandb_tracker import start_wandb
 
-    if resolve_mode(cfg.logging.wandb) == "disabled":
-        return None
     local = local_dir_for(run_dir)
-    tracker = WandbTracker(local, cfg.logging.wandb, cfg.to_dict(), run_id=run_id, default_name=run_dir.name,
-                           say=say, system_stats=cfg.logging.wandb.system_stats, logged_through=logged_through)
-    say(f"W&B: run {tracker.run_id} ({tracker.mode}"
-        + (", sync later with `wandb sync`" if tracker.mode == "offline" else "")
-        + (f"; its local files in {local}" if is_remote(run_dir) else "") + ")")
+    tracker = start_wandb(cfg.logging.wandb, local, cfg.to_dict(), run_id=run_id, default_name=run_dir.name,
+                          say=say, system_stats=cfg.logging.wandb.system_stats, logged_through=logged_through)
+    if tracker is not None:
+        say(f"W&B: run {tracker.run_id} ({tracker.mode}"
+            + (", sync later with `wandb sync`" if tracker.mode == "offline" else "")
+            + (f"; its local files in {tracker.run_file.parent}" if is_remote(run_dir) else "") + ")")
     return tracker
 
 

@@ -70,15 +70,11 @@ class JsonlTracker:
         self.run_dir = run_dir
         path = run_dir / "metrics.jsonl"
         self._path, self._file = path, None
-        earlier = path.read_text() if path.exists() else ""
         if is_remote(run_dir):
-            self._text = earlier
+            self._text = path.read_text() if path.exists() else ""
         else:
             self._file = open(path, "a")
         self._summary: dict[str, float] = {}
-        rows = [json.loads(line) for line in earlier.splitlines() if line.strip()]
-        #: The last step an earlier session of the run logged (None: none), e.g. before a crash.
-        self.last_step: int | None = max((int(r["step"]) for r in rows), default=None)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         line = json.dumps({"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}) + "\n"
@@ -100,6 +96,13 @@ class JsonlTracker:
             self._file.close()
         summary = {k: _jsonable(v) if isinstance(v, float) else v for k, v in self._summary.items()}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def last_logged_step(run_dir: epath.Path) -> int | None:
+    """The last step an earlier session of the run logged to metrics.jsonl (None: none), e.g. before a crash."""
+    path = run_dir / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return max((int(json.loads(line)["step"]) for line in text.splitlines() if line.strip()), default=None)
 
 
 class MultiTracker:

@@ -1,27 +1,119 @@
-"""A ``Tracker`` backed by Weights & Biases (the real ``wandb`` package).
+"""A ``Tracker`` backed by Weights & Biases (the real ``wandb`` package), and starting one.
 
-Offline unless told otherwise: ``WandbConfig.mode`` if set, else ``online``
-when ``WANDB_API_KEY`` is set, else ``offline`` (``wandb sync`` uploads later).
+Settings: the config's ``logging.wandb`` where set, else W&B's own
+environment variables, else snndist's defaults (``resolve_settings``).
+Monitoring is a side channel: a W&B that cannot start online (no network, a
+refused or malformed key, a server error) or that fails mid-run never stops
+training unless ``logging.wandb.on_error: fail`` asks for it.
 """
 from __future__ import annotations
 
 import math
 import os
+import socket
+import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from snndist.config import WandbConfig
+from snndist.errors import ConfigError, WandbError, one_line
 from snndist.track.tracker import Pictures
 
 STEP_METRIC = "trainer/step"
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+PROBE_TIMEOUT_S = 3.0  # a server that does not even accept a connection in this long is unreachable
+ONLINE_INIT_TIMEOUT_S = 20.0  # W&B's own default retries for 90 s
 
 
-def resolve_mode(cfg: WandbConfig, environ: Mapping[str, str] | None = None) -> str:
-    """``cfg.mode`` if set, else ``online`` with ``WANDB_API_KEY`` in the environment, else ``offline``."""
-    environ = os.environ if environ is None else environ
-    if cfg.mode:
-        return cfg.mode
-    return "online" if environ.get("WANDB_API_KEY") else "offline"
+class WandbSettings(NamedTuple):
+    mode: str
+    project: str
+    entity: str | None
+    group: str | None
+    tags: tuple[str, ...]
+    name: str | None
+
+
+def resolve_settings(cfg: WandbConfig, environ: Mapping[str, str] | None = None,
+                     default_name: str | None = None) -> WandbSettings:
+    """Each setting from the config if set there, else from W&B's environment variable, else the default."""
+    env = os.environ if environ is None else environ
+    mode = cfg.mode or env.get("WANDB_MODE") or ("online" if env.get("WANDB_API_KEY") else "offline")
+    if mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"WANDB_MODE={mode!r}: must be one of online, offline, disabled")
+    tags = cfg.tags or tuple(t.strip() for t in env.get("WANDB_TAGS", "").split(",") if t.strip())
+    return WandbSettings(mode=mode, project=cfg.project or env.get("WANDB_PROJECT") or "snndist",
+                         entity=cfg.entity or env.get("WANDB_ENTITY") or None,
+                         group=cfg.group or env.get("WANDB_RUN_GROUP") or None, tags=tags,
+                         name=cfg.name or env.get("WANDB_NAME") or default_name)
+
+
+def _unreachable(base_url: str) -> str | None:
+    """Why W&B's server cannot be reached (refused, no such host, no answer), or None if it accepts."""
+    url = urllib.parse.urlsplit(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        return f"cannot reach {base_url}: {err.strerror or type(err).__name__}"
+    return None
+
+
+def start_wandb(cfg: WandbConfig, run_dir: Path, config: Mapping[str, Any], *, run_id: str | None = None,
+                default_name: str | None = None, say: Callable[[str], None] = print, system_stats: bool = False,
+                logged_through: int | None = None) -> "WandbTracker | None":
+    """The run's W&B tracker, or None when W&B is disabled (configured so, or after a failed start with
+    ``on_error: disable``). ``run_dir`` is where W&B writes its files unless ``WANDB_DIR`` says elsewhere.
+
+    Online first checks that W&B's server accepts a connection (seconds, not W&B's 90 s of retries);
+    if it cannot start online, ``on_error`` says what happens: ``offline`` (warn, log offline for
+    ``wandb sync`` later), ``disable`` (warn, metrics.jsonl only) or ``fail`` (WandbError, exit 2).
+    """
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")  # W&B's own notices, e.g. its login line, stay off stderr
+    settings = resolve_settings(cfg, default_name=default_name)
+    if settings.mode == "disabled":
+        return None
+    wandb_dir = Path(os.environ.get("WANDB_DIR") or run_dir)
+    secret = os.environ.get("WANDB_API_KEY")
+
+    def init(mode: str):
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        return wandb.init(
+            dir=str(wandb_dir), mode=mode, project=settings.project, entity=settings.entity, group=settings.group,
+            tags=list(settings.tags) or None, name=settings.name, id=run_id, resume="allow" if run_id else None,
+            config=_scrub(dict(config), secret), reinit="create_new",
+            settings=wandb.Settings(silent=True, quiet=True, console="off", show_warnings=False,
+                                    x_disable_stats=not system_stats, init_timeout=ONLINE_INIT_TIMEOUT_S,
+                                    finish_timeout=60.0, save_code=False))
+
+    if settings.mode == "online":
+        problem = _unreachable(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+        if problem is None:
+            try:
+                return WandbTracker(init("online"), cfg.on_error, say, logged_through if run_id else None)
+            except Exception as err:  # wandb raises CommError, AuthenticationError, UsageError, ...
+                problem = _scrub(f"{type(err).__name__}: {one_line(err, 200)}", secret)
+                _teardown(wandb)
+        if cfg.on_error == "fail":
+            raise WandbError(f"W&B could not start online ({problem}); logging.wandb.on_error=fail stops the run")
+        if cfg.on_error == "disable":
+            say(f"warning: W&B could not start online ({problem}); logging.wandb.on_error=disable: this run "
+                "logs to metrics.jsonl only")
+            return None
+        say(f"warning: W&B could not start online ({problem}); logging this run offline instead: upload it later "
+            f"with `wandb sync {wandb_dir / 'wandb'}/offline-run-*`")
+    return WandbTracker(init("offline"), cfg.on_error, say, logged_through if run_id else None)
+
+
+def _teardown(wandb) -> None:
+    """End this process's W&B service connection after W&B failed, so that its exit hook has nothing to
+    raise about (it would print a traceback at exit)."""
+    try:
+        wandb.teardown()
+    except Exception:  # noqa: BLE001 - the service is gone or broken: that is why we are here
+        pass
 
 
 def _last_step_in(summary: Mapping[str, Any]) -> int | None:
@@ -63,8 +155,9 @@ class WandbTracker:
     run, waiting at most ``finish_timeout_s`` for uploads (what is left stays
     on disk for ``wandb sync``).
 
-    Resume: pass the ``run_id`` saved with the checkpoint (``tracker.run_id``);
-    the run is reopened with ``resume="allow"``. Steps in W&B must increase,
+    It wraps a W&B run that ``start_wandb`` opened. Resume: ``start_wandb``
+    takes the ``run_id`` saved with the checkpoint (``tracker.run_id``) and
+    reopens the run with ``resume="allow"``. Steps in W&B must increase,
     and after a resume from a checkpoint older than the last logged step W&B
     may already hold later steps: this tracker does NOT log them again. The
     last step W&B holds, ``resumed_step``, is the largest of
@@ -84,60 +177,41 @@ class WandbTracker:
 
     The config W&B stores is ``config`` as given (copied, with the value of
     ``WANDB_API_KEY`` cut out of any string should it be there); the key
-    itself is never passed, printed or written by this class. Console
-    capture is off and W&B's own output silenced.
+    itself is never passed, printed or written by snndist. Console
+    capture is off and W&B's own output silenced. A W&B call that raises
+    (its service died, say) is said once and W&B is not used again in the
+    run, or, with ``on_error: fail``, stops the run with a ``WandbError``.
     """
 
     takes_images = True
 
-    def __init__(self, run_dir: Path, cfg: WandbConfig, config: Mapping[str, Any], run_id: str | None = None,
-                 default_name: str | None = None, say: Callable[[str], None] = print,
-                 system_stats: bool = True, init_timeout_s: float = 90.0, finish_timeout_s: float = 60.0,
+    def __init__(self, run, on_error: str = "offline", say: Callable[[str], None] = print,
                  logged_through: int | None = None):
         import wandb
 
         self._wandb = wandb
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.say = say
-        self.mode = resolve_mode(cfg)
-        secret = os.environ.get("WANDB_API_KEY")
-        settings = wandb.Settings(silent=True, quiet=True, console="off", show_warnings=False,
-                                  x_disable_stats=not system_stats, init_timeout=init_timeout_s,
-                                  finish_timeout=finish_timeout_s, save_code=False)
-        self.run = wandb.init(
-            dir=str(self.run_dir), mode=self.mode, project=cfg.project, entity=cfg.entity, group=cfg.group,
-            tags=list(cfg.tags) or None, name=cfg.name or default_name, id=run_id,
-            resume="allow" if run_id else None, config=_scrub(dict(config), secret),
-            settings=settings, reinit="create_new")
-        self.run_id: str = self.run.id
+        self.run, self.on_error, self.say = run, on_error, say
+        self.mode = "offline" if run.offline else "online"
+        self.run_id: str = run.id
         self.run.define_metric(STEP_METRIC)
         self.run.define_metric("*", step_metric=STEP_METRIC)
-        self.resumed_step: int | None = self._find_resumed_step(logged_through) if run_id else None
+        self.resumed_step: int | None = self._find_resumed_step(logged_through)
         self._last_step: int | None = None  # the last step logged in this session
         self._warned: set[str] = set()
         self._finished = False
+        self._broken = False
 
     @property
-    def run_file(self) -> Path | None:
-        """This session's ``.wandb`` transaction log, where W&B offers one (not in mode ``disabled``)."""
-        if self.mode == "disabled" or getattr(self.run, "disabled", False):
-            return None
-        try:
-            path = self.run.settings.sync_file
-        except AttributeError:
-            return None
-        return Path(path) if path else None
+    def run_file(self) -> Path:
+        """This session's ``.wandb`` transaction log."""
+        return Path(self.run.settings.sync_file)
 
     def _find_resumed_step(self, logged_through: int | None) -> int | None:
         steps = [] if logged_through is None else [logged_through]
         starting = getattr(self.run, "starting_step", 0) or 0
         if starting > 0:
             steps.append(int(starting) - 1)
-        try:
-            restored = _last_step_in(dict(self.run.summary))
-        except Exception:  # noqa: BLE001 - a disabled run has no real summary
-            restored = None
+        restored = _last_step_in(dict(self.run.summary))
         if restored is not None:
             steps.append(restored)
         return max(steps) if steps else None
@@ -159,28 +233,46 @@ class WandbTracker:
         self._last_step = step
         return True
 
+    def _guarded(self, what: str, call: Callable[[], None]) -> None:
+        """Run a W&B call; if W&B fails (its service died, a call raised), say so once and stop using it,
+        unless ``on_error: fail`` asks for the run to stop."""
+        if self._broken:
+            return
+        try:
+            call()
+        except Exception as err:  # anything W&B raises: monitoring must not end the run
+            self._broken = True
+            problem = f"{type(err).__name__}: {one_line(err, 200)}"
+            _teardown(self._wandb)
+            if self.on_error == "fail":
+                raise WandbError(f"W&B failed while {what} ({problem}); logging.wandb.on_error=fail stops the "
+                                 "run") from None
+            self.say(f"warning: W&B failed while {what} ({problem}); training goes on without it, "
+                     "metrics.jsonl keeps every row")
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self._finished or not self._accept(step, "metrics"):
             return
         row = {k: _scalar(v) for k, v in metrics.items()}
         row[STEP_METRIC] = int(step)
-        self.run.log(row, step=int(step))
+        self._guarded(f"logging step {step}", lambda: self.run.log(row, step=int(step)))
 
     def log_images(self, images: Callable[[], Pictures], step: int) -> None:
         """Draw ``images`` and log each ``(RGB array, caption)`` as a ``wandb.Image`` at ``step``."""
-        if self._finished or not self._accept(step, "images"):
+        if self._finished or self._broken or not self._accept(step, "images"):
             return
         row: dict[str, Any] = {k: self._wandb.Image(rgb, caption=caption) for k, (rgb, caption) in images().items()}
         row[STEP_METRIC] = int(step)
-        self.run.log(row, step=int(step))
+        self._guarded(f"logging pictures at step {step}", lambda: self.run.log(row, step=int(step)))
 
     def summary(self, metrics: dict[str, float]) -> None:
         if self._finished:
             return
-        self.run.summary.update({k: _scalar(v) for k, v in metrics.items()})
+        self._guarded("writing the summary", lambda: self.run.summary.update(
+            {k: _scalar(v) for k, v in metrics.items()}))
 
     def finish(self) -> None:
         if self._finished:
             return
         self._finished = True
-        self.run.finish()
+        self._guarded("finishing the run", self.run.finish)
