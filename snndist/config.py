@@ -185,6 +185,7 @@ class CheckpointConfig:
     keep_best: int = 0  # and the best N by best_metric (0: off)
     best_metric: str = "eval/loss"
     best_mode: BestMode = "min"
+    lease_timeout_s: float = 60.0  # a run directory whose owner's heartbeat is older than this is taken over
 
 
 @dataclass(frozen=True)
@@ -498,6 +499,8 @@ def _validate(cfg: Config) -> None:
     _check(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "must be > 0")
     _check(cfg.checkpoint.keep > 0, "checkpoint.keep", cfg.checkpoint.keep, "must be > 0")
     _check(cfg.checkpoint.keep_best >= 0, "checkpoint.keep_best", cfg.checkpoint.keep_best, "must be >= 0")
+    _check(cfg.checkpoint.lease_timeout_s > 0, "checkpoint.lease_timeout_s", cfg.checkpoint.lease_timeout_s,
+           "must be > 0")
     _check(t.max_failures >= 0, "train.max_failures", t.max_failures, "must be >= 0")
     _check(t.max_bad_steps > 0, "train.max_bad_steps", t.max_bad_steps, "must be > 0")
     _check(cfg.logging.log_every > 0, "logging.log_every", cfg.logging.log_every, "must be > 0")

@@ -26,6 +26,12 @@ class DataError(SnndistError, ValueError):
     exit_code = 2
 
 
+class RunDirInUse(SnndistError):
+    """Another snndist run holds the run directory's lease."""
+
+    exit_code = 2
+
+
 class CheckpointError(SnndistError):
     """Checkpoints exist but none can be read."""
 

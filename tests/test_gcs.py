@@ -146,3 +146,61 @@ def test_run_dir_on_gcs_trains_resumes_and_evaluates(gcs, env):
     done = snndist(env, "eval", RUN)
     result = json.loads(gcs.read("runs/tutorial/eval_train.json"))
     assert result["step"] == 90 and 0.0 <= result["eval/accuracy"] <= 1.0
+
+
+RACE = """
+import sys, time
+from etils import epath
+from snndist.errors import RunDirInUse
+from snndist.store.lease import RunLease
+lease = RunLease(epath.Path(sys.argv[1]), timeout_s=60)
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both reach for it at the same moment
+try:
+    lease.acquire()
+except RunDirInUse as err:
+    print("refused:", err)
+    sys.exit(0)
+print("won")
+time.sleep(3)
+lease.release()
+"""
+
+
+def test_two_processes_racing_for_a_gcs_lease_one_wins(gcs, env):
+    path, start = f"gs://{BUCKET}/runs/race", time.time() + 8
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, path, str(start)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    outcomes = sorted(out.split(":")[0].strip() for out, _ in results)
+    assert outcomes == ["refused", "won"], results
+    assert "is in use by snndist" in next(out for out, _ in results if out.startswith("refused"))
+    assert gcs.names("runs/race/") == [], "the winner released it: the object is gone"
+
+
+def test_a_gcs_lease_refuses_while_fresh_and_is_taken_over_when_stale(gcs, env, monkeypatch):
+    from etils import epath
+
+    from snndist.errors import RunDirInUse
+    from snndist.store.lease import RunLease
+
+    for key in ("STORAGE_EMULATOR_HOST", "GOOGLE_AUTH_TOKEN_FOR_TESTING"):
+        monkeypatch.setenv(key, env[key])
+    path = epath.Path(f"gs://{BUCKET}/runs/stale")
+    holder = RunLease(path, timeout_s=2.0, say=lambda _: None)
+    holder.acquire()
+    with pytest.raises(RunDirInUse, match=r"in use by snndist \(host .*; last heartbeat \d s ago\)"):
+        RunLease(path, timeout_s=2.0).acquire()
+    holder._stop.set()  # its heartbeat stops, as a holder's does when it dies
+    holder._thread.join()
+    time.sleep(2.5)
+    said = []
+    taker = RunLease(path, timeout_s=2.0, say=said.append)
+    taker.acquire()
+    assert len(said) == 1 and "took over the lease" in said[0]
+    from google.api_core.exceptions import PreconditionFailed
+
+    with pytest.raises(PreconditionFailed):
+        holder.store.renew()  # the old holder, come back: its renewal fails on the generation
+    taker.release()
+    assert gcs.names("runs/stale/") == []

@@ -79,8 +79,9 @@ def test_node_local_run_dir_refused_at_start(two_nodes):
     assert len(lines) == 1 and "Traceback" not in out + err, err
     assert re.fullmatch(rf"snndist: error: run directory {re.escape(str(run_dir))} is not visible from "
                         r"worker [01]'s node: on a multi-node cluster it must be on a shared filesystem.*", lines[0])
-    # Refused before anything was written: no config, no checkpoint, no metrics, no marker left.
-    assert list(run_dir.iterdir()) == []
+    # Refused before anything was written: no config, no checkpoint, no metrics, no marker, no lease left
+    # (the lease's lock file stays: removing it could let two runs lock two different files).
+    assert [p.name for p in run_dir.iterdir()] == [".snndist-lease.lock"]
     assert "step 1" not in out
 
 

@@ -12,6 +12,7 @@ from snndist.config import Config, config_hash, dump_yaml, load_config, resumabl
 from snndist.errors import ConfigError
 from snndist.run.loop import StopSignal, fit, restore_newest
 from snndist.store.checkpoint import Checkpointer
+from snndist.store.lease import RunLease
 from snndist.store.rundir import check_run_dir_free, is_remote, local_dir_for, open_run_dir
 from snndist.track.tracker import BackgroundTracker, JsonlTracker, MultiTracker, last_logged_step
 from snndist.train.runner import Runner
@@ -43,10 +44,16 @@ def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False
     run_dir = open_run_dir(run_dir)
     if not resume:
         check_run_dir_free(run_dir)
-    stop = StopSignal().install()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLease(run_dir, cfg.checkpoint.lease_timeout_s, say=say) as lease:
+        stop = StopSignal().install()
+        return _run(cfg, run_dir, lease, stop, local=local, resume=resume, restart=restart, say=say)
+
+
+def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, stop: StopSignal, *, local: bool, resume: bool,
+         restart: bool, say: Callable[[str], None]) -> dict:
     runner = _runner(cfg, run_dir, local, say)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
         if not is_remote(run_dir):  # gs:// is the same from every node
             _check_shared(runner, run_dir)
         if restart and (run_dir / "checkpoints").exists():
@@ -73,7 +80,8 @@ def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False
         meta = {"wandb_run_id": wandb.run_id if wandb else None}
         tracker = BackgroundTracker(MultiTracker(JsonlTracker(run_dir), *([wandb] if wandb else [])))
         try:
-            return fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, meta=meta, say=say)
+            return fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, meta=meta, say=say,
+                       lease=lease)
         finally:
             tracker.finish()
             checkpointer.close()

@@ -16,6 +16,7 @@ from snndist.config import Config, config_hash
 from snndist.data.order import batch_indices, data_position
 from snndist.errors import Preempted, RunFailed, WorkerLost
 from snndist.store.checkpoint import Checkpointer
+from snndist.store.lease import RunLease
 from snndist.track.metrics import summarize
 from snndist.track.pixels import network_pixels
 from snndist.track.progress import Progress
@@ -56,8 +57,9 @@ def restore_newest(checkpointer: Checkpointer, runner: Runner) -> dict | None:
 
 def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointer, *, start_step: int = 0,
         stop: StopSignal | None = None, meta: dict | None = None,
-        say: Callable[[str], None] = print) -> dict[str, float]:
-    """Train from ``start_step`` to ``train.steps``; returns the summary."""
+        say: Callable[[str], None] = print, lease: RunLease | None = None) -> dict[str, float]:
+    """Train from ``start_step`` to ``train.steps``; returns the summary. With ``lease``, every step
+    first checks that the run directory is still this run's."""
     t = cfg.train
     stop = stop or StopSignal()
     progress = Progress(t.steps, start_step, say)
@@ -82,6 +84,8 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
 
     try:
         while step < t.steps:
+            if lease is not None:
+                lease.check()
             reason = stop.reason(runner)
             if reason:
                 save(step)

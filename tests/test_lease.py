@@ -1,0 +1,103 @@
+"""A run directory has one owner: a second coordinator is refused, a dead one's lease is taken over,
+and a run that loses its lease stops writing. Real processes through the CLI."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from snndist.errors import RunDirInUse, RunFailed
+from snndist.store.lease import LEASE, RunLease
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "snndist"]
+QUIET = ["--set", "logging.wandb.mode=disabled"]
+
+
+def _start(run: Path, steps: int) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, "train", "--config", "configs/tutorial.yaml", "--local", "--run-dir", str(run),
+                             "--set", f"train.steps={steps}", "--set", "logging.log_every=50",
+                             "--set", "checkpoint.every_steps=100", *QUIET],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(proc: subprocess.Popen, prefix: str = "step 200/") -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError("".join(lines) + proc.stderr.read())
+
+
+def test_a_second_coordinator_is_refused_and_the_first_finishes_untouched(tmp_path):
+    run = tmp_path / "run"
+    first = _start(run, 3000)
+    _wait_for_step(first)
+    second = subprocess.run([*CLI, "train", "--resume", str(run), "--local", *QUIET], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stdout + second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        rf"snndist: error: run directory {re.escape(str(run))} is in use by snndist \(host {socket.gethostname()}, "
+        rf"pid {first.pid}, since [-0-9: ]+; last heartbeat \d+ s ago\); stop that run first", lines[0]), lines
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in line]
+    assert steps == list(range(50, 3001, 50)), "one writer: every logged step once"
+    assert not (run / LEASE).exists(), "released at the end"
+
+
+def test_a_killed_coordinators_lease_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    first = _start(run, 100000)
+    _wait_for_step(first)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert json.loads((run / LEASE).read_text())["pid"] == first.pid, "SIGKILL left the lease behind"
+    resumed = subprocess.run([*CLI, "train", "--resume", str(run), "--local", "--set", "train.steps=300", *QUIET],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    took = [l for l in resumed.stdout.splitlines() if l.startswith("warning: took over the lease")]
+    assert len(took) == 1 and f"pid {first.pid}" in took[0], resumed.stdout
+
+
+def _foreign(run: Path, heartbeat_age_s: float) -> None:
+    run.mkdir(exist_ok=True)
+    (run / LEASE).write_text(json.dumps({"host": "another-host", "pid": 4242, "since": time.time() - 3600,
+                                         "heartbeat": time.time() - heartbeat_age_s, "job_id": "raysubmit_x"}))
+
+
+def test_a_lease_held_on_another_host_counts_until_its_heartbeat_is_stale(tmp_path):
+    run = tmp_path / "run"
+    _foreign(run, heartbeat_age_s=5)
+    with pytest.raises(RunDirInUse, match=r"in use by snndist \(host another-host, pid 4242, Ray job raysubmit_x, "
+                                          r"since .*; last heartbeat 5 s ago\)"):
+        RunLease(run, timeout_s=60).acquire()
+    _foreign(run, heartbeat_age_s=120)
+    said = []
+    with RunLease(run, timeout_s=60, say=said.append):
+        assert json.loads((run / LEASE).read_text())["pid"] == os.getpid()
+    assert len(said) == 1 and "took over" in said[0] and "another-host" in said[0]
+    assert not (run / LEASE).exists()
+
+
+def test_a_run_that_lost_its_lease_stops(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lease = RunLease(run, timeout_s=1.0)
+    lease.acquire()
+    _foreign(run, heartbeat_age_s=0)  # someone else's now
+    deadline = time.monotonic() + 10
+    while lease.lost is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with pytest.raises(RunFailed, match="lost the lease on run directory"):
+        lease.check()
+    lease.release()
+    assert json.loads((run / LEASE).read_text())["host"] == "another-host", "never removes another's lease"
