@@ -101,3 +101,23 @@ def test_a_run_that_lost_its_lease_stops(tmp_path):
         lease.check()
     lease.release()
     assert json.loads((run / LEASE).read_text())["host"] == "another-host", "never removes another's lease"
+
+
+def test_the_embedded_ray_goes_when_its_driver_is_killed(tmp_path):
+    import psutil
+
+    proc = subprocess.Popen([*CLI, "train", "--config", "configs/tutorial.yaml", "--run-dir", str(tmp_path / "run"),
+                             "--set", "train.steps=100000", "--set", "logging.log_every=50", *QUIET],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(proc, "step 100/")
+    started = psutil.Process(proc.pid).children(recursive=True)
+    names = " ".join(p.name() for p in started)
+    assert "raylet" in names and "gcs_server" in names, names
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    alive = started
+    while alive and time.monotonic() < deadline:
+        time.sleep(1)
+        alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], [(p.pid, p.name()) for p in alive]

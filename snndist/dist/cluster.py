@@ -10,11 +10,15 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from snndist.config import ClusterConfig, TrainConfig
+from snndist.dist import reaper
 from snndist.errors import ClusterError, one_line
+
+_reaper = None  # the watcher of the local instance this process started, if it started one
 
 
 def connect(address: str | None) -> bool:
     """``ray.init`` at ``address``, RAY_ADDRESS, or a new local instance; True if we started one."""
+    global _reaper
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -30,6 +34,7 @@ def connect(address: str | None) -> bool:
             # Ray says at every start of a local instance that token auth is on: nothing to act on here.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+            _reaper = reaper.start(os.getpid())  # the instance ends with this process, even if it is killed
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "
                            f"{one_line(err)}") from None
