@@ -44,6 +44,10 @@ class WandbError(SnndistError):
     exit_code = 2
 
 
+class StorageError(SnndistError):
+    """A write to the run directory failed (no space left, no permission, the bucket refused)."""
+
+
 class ClusterError(SnndistError):
     """The Ray cluster cannot be reached, refuses us, or lacks the resources asked for."""
 
@@ -66,6 +70,12 @@ class WorkerLost(SnndistError):
         self.cause = cause
 
 
+class OutOfMemory(SnndistError):
+    """A worker (or this process) ran out of host or device memory: replaying would hit the same wall."""
+
+    HINT = "try a smaller train.global_batch, more train.workers, or machines with more memory"
+
+
 class Preempted(SnndistError):
     """SIGTERM/SIGINT or Ray's drain notice: the step in flight finished and a checkpoint committed."""
 
@@ -74,6 +84,12 @@ class Preempted(SnndistError):
 
 class RunFailed(SnndistError):
     """Too many failures, or too many non-finite steps in a row."""
+
+
+def out_of_device_memory(error: BaseException) -> bool:
+    """Whether ``error`` is XLA failing to allocate (``RESOURCE_EXHAUSTED: Out of memory ...``)."""
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text and "memory" in text.lower()
 
 
 def one_line(error: BaseException | str, limit: int = 300) -> str:

@@ -8,6 +8,7 @@ average them with XLA collectives (``xla``). It satisfies the runner
 """
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -18,7 +19,8 @@ from snndist.config import Config
 from snndist.data.order import plan_shards
 from snndist.dist import cluster
 from snndist.dist.worker import Worker
-from snndist.errors import ConfigError, SnndistError, WorkerError, WorkerLost, one_line
+from snndist.errors import (ConfigError, OutOfMemory, SnndistError, WorkerError, WorkerLost, one_line,
+                            out_of_device_memory)
 from snndist.track.metrics import Metrics, weighted_mean, weighted_tree_mean
 
 SHUTDOWN_TIMEOUT_S = 30
@@ -225,13 +227,29 @@ class RayRunner:
                                           f"{self.cfg.train.step_timeout_s:g}; ranks {late} still busy)")
             try:
                 ray.get(ready[0])
+            except ray.exceptions.OutOfMemoryError as err:  # Ray's memory monitor killed the worker
+                self.failed = True
+                raise OutOfMemory(_killed_for_memory(rank_of[ready[0]], str(err))) from None
             except ray.exceptions.RayTaskError as err:
                 self.failed = True
                 cause = err.cause if err.cause is not None else err
                 if isinstance(cause, SnndistError):  # bad data or config, said in the worker as here
                     raise cause from None
+                if out_of_device_memory(cause):
+                    raise OutOfMemory(f"worker {rank_of[ready[0]]} ran out of device memory "
+                                      f"({one_line(cause, 200)}); {OutOfMemory.HINT}") from None
                 raise WorkerError(rank_of[ready[0]], f"{type(cause).__name__}: {one_line(cause)}") from None
             except ray.exceptions.RayActorError as err:
                 self.failed = True
                 raise WorkerLost(rank_of[ready[0]], f"{type(err).__name__}: {one_line(err, 200)}") from None
         return ray.get(refs)
+
+
+def _killed_for_memory(rank: int, report: str) -> str:
+    """One line from Ray's memory monitor report: which worker, which node, how full, what it used."""
+    node = re.search(r"Memory on the node \(IP: ([^,]+), ID: (\w+)\) was ([^\n]*?\))", report)
+    used = re.search(r"actual memory used=([\d.]+\s*[KMGT]?B)", report)
+    where = f" on node {node.group(1)} ({node.group(2)[:12]}), {node.group(3)}" if node else ""
+    worker_used = f"; the worker used {used.group(1)}" if used else ""
+    return (f"worker {rank} was killed by Ray for memory{where}{worker_used}; not replayed, it would run out "
+            f"again: {OutOfMemory.HINT}")

@@ -9,7 +9,7 @@ from typing import Callable
 from etils import epath
 
 from snndist.config import Config, config_hash, dump_yaml, load_config, resumable_fields
-from snndist.errors import ConfigError
+from snndist.errors import ConfigError, OutOfMemory, one_line, out_of_device_memory
 from snndist.run.loop import StopSignal, fit, restore_newest
 from snndist.store.checkpoint import Checkpointer
 from snndist.store.lease import RunLease
@@ -80,11 +80,20 @@ def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, stop: StopSignal, *,
         meta = {"wandb_run_id": wandb.run_id if wandb else None}
         tracker = BackgroundTracker(MultiTracker(JsonlTracker(run_dir), *([wandb] if wandb else [])))
         try:
-            return fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, meta=meta, say=say,
-                       lease=lease)
-        finally:
-            tracker.finish()
-            checkpointer.close()
+            summary = fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, meta=meta, say=say,
+                          lease=lease)
+        except BaseException as err:
+            for close in (tracker.finish, checkpointer.close):  # the first error is the one to report
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - e.g. the same full disk again
+                    pass
+            if out_of_device_memory(err):  # in this process (--local): XLA could not allocate
+                raise OutOfMemory(f"out of device memory ({one_line(err, 200)}); {OutOfMemory.HINT}") from None
+            raise
+        tracker.finish()
+        checkpointer.close()
+        return summary
     finally:
         runner.close()
 

@@ -86,6 +86,7 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
         while step < t.steps:
             if lease is not None:
                 lease.check()
+            checkpointer.check()
             reason = stop.reason(runner)
             if reason:
                 save(step)

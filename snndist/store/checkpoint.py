@@ -15,6 +15,7 @@ error.
 """
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
@@ -25,10 +26,21 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from snndist.config import CheckpointConfig
-from snndist.errors import CheckpointError, one_line
+from snndist.errors import CheckpointError, StorageError, one_line
 from snndist.store.rundir import is_remote, run_path
 
 ITEMS = ("params", "opt_state", "meta")
+
+
+class _OrbaxErrorsAreOurs(logging.Filter):
+    """Orbax logs a failed save with full tracebacks from its threads; snndist reports every failed save
+    and unreadable checkpoint itself, in one line, so only Orbax's warnings and info pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+logging.getLogger("absl").addFilter(_OrbaxErrorsAreOurs())
 
 
 class Checkpointer:
@@ -60,9 +72,24 @@ class Checkpointer:
         """
         began = time.perf_counter()
         if self._pending is not None:
-            self._pending.result()  # one save at a time; raises what the last one raised
+            self._result()  # one save at a time; raises what the last one raised
         self._pending = self._thread.submit(self._save, step, state, meta, metrics)
+        self._pending_step = step
         return time.perf_counter() - began
+
+    def check(self) -> None:
+        """Raise StorageError now if the save in flight failed (disk full, say): the loop asks every step."""
+        if self._pending is not None and self._pending.done():
+            self._result()
+
+    def _result(self) -> None:
+        pending, self._pending = self._pending, None
+        try:
+            pending.result()
+        except Exception as err:
+            raise StorageError(f"cannot write checkpoint {self.directory / str(self._pending_step)}: "
+                               f"{type(err).__name__}: {one_line(err, 200)} (the newest committed checkpoint is "
+                               "intact; free the space and continue with --resume)") from None
 
     def _save(self, step: int, state: dict, meta: dict, metrics: dict | None) -> None:
         if step in self.manager.all_steps():  # e.g. a stop signal right after a periodic save
@@ -74,12 +101,13 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state["params"]), opt_state=ocp.args.StandardSave(state["opt_state"]),
             meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+        # On this thread, not the trainer's: a failed write (disk full) then shows in ``check`` at once.
+        self.manager.wait_until_finished()
 
     def wait(self) -> None:
         """Block until every save has committed."""
         if self._pending is not None:
-            self._pending.result()
-            self._pending = None
+            self._result()
         self.manager.wait_until_finished()
 
     def restore_latest(self, exemplar: dict) -> tuple[dict, dict] | None:

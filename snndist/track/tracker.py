@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Protocol
 
 from etils import epath
 
+from snndist.errors import StorageError
 from snndist.store.rundir import is_remote
 
 # name -> (RGB uint8 array [height, width, 3], caption), as ``pixels.network_pixels`` draws them
@@ -78,12 +79,15 @@ class JsonlTracker:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         line = json.dumps({"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}) + "\n"
-        if self._file is None:
-            self._text += line
-            self._path.write_text(self._text)
-        else:
-            self._file.write(line)
-            self._file.flush()
+        try:
+            if self._file is None:
+                self._text += line
+                self._path.write_text(self._text)
+            else:
+                self._file.write(line)
+                self._file.flush()
+        except OSError as err:
+            raise StorageError(f"cannot write {self._path}: {err.strerror or err}") from None
 
     def log_images(self, images: Callable[[], Pictures], step: int) -> None:
         pass
@@ -95,7 +99,10 @@ class JsonlTracker:
         if self._file is not None:
             self._file.close()
         summary = {k: _jsonable(v) if isinstance(v, float) else v for k, v in self._summary.items()}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        try:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as err:
+            raise StorageError(f"cannot write {self.run_dir / 'summary.json'}: {err.strerror or err}") from None
 
 
 def last_logged_step(run_dir: epath.Path) -> int | None:

@@ -1,5 +1,5 @@
-"""A run directory has one owner: a second coordinator is refused, a dead one's lease is taken over,
-and a run that loses its lease stops writing. Real processes through the CLI."""
+"""Runs that are hard to break: one owner per run directory, an embedded Ray that ends with its driver,
+out-of-memory and a full disk said in one line. Real processes through the CLI."""
 import json
 import os
 import re
@@ -121,3 +121,65 @@ def test_the_embedded_ray_goes_when_its_driver_is_killed(tmp_path):
         time.sleep(1)
         alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], [(p.pid, p.name()) for p in alive]
+
+
+def test_a_worker_killed_for_memory_stops_the_run_at_once(tmp_path):
+    # Ray's memory monitor, told that 2% of the machine's memory is too much, kills the worker for real.
+    env = {**os.environ, "RAY_memory_usage_threshold": "0.02", "RAY_memory_monitor_refresh_ms": "100"}
+    result = subprocess.run([*CLI, "train", "--config", "configs/tutorial.yaml", "--run-dir", str(tmp_path / "run"),
+                             "--set", "train.steps=200", *QUIET], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        r"snndist: error: worker 0 was killed by Ray for memory on node [\d.]+ \(\w+\), [\d.]+GB used / [\d.]+GB "
+        r"limit \([\d.]+\); the worker used [\d.]+GB; not replayed, it would run out again: try a smaller "
+        r"train.global_batch, more train.workers, or machines with more memory", lines[0]), lines
+    assert "recovery" not in result.stdout
+
+
+def test_device_memory_errors_are_recognised():
+    from snndist.errors import out_of_device_memory
+
+    xla = RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 68719476736 bytes.")
+    assert out_of_device_memory(xla) and not out_of_device_memory(RuntimeError("INVALID_ARGUMENT: shapes"))
+
+
+DISK_FULL = """
+set -u
+mount -t tmpfs -o size=4m tmpfs "$1"   # a small filesystem of this test's own mount namespace
+head -c 3400000 /dev/zero > "$1/filler"
+python="$2"; out="$3"
+"$python" -m snndist train --config configs/tutorial.yaml --local --run-dir "$1/run" --set train.steps=200 \\
+    --set checkpoint.every_steps=5 --set checkpoint.keep=100 --set logging.log_every=5 \\
+    --set logging.wandb.mode=disabled > "$out/first.out" 2> "$out/first.err"
+echo $? > "$out/first.rc"
+ls "$1/run/checkpoints" > "$out/stopped.ls"
+rm "$1/filler"   # space freed
+"$python" -m snndist train --resume "$1/run" --local --set train.steps=60 > "$out/resume.out" 2> "$out/resume.err"
+echo $? > "$out/resume.rc"
+ls "$1/run/checkpoints" > "$out/resumed.ls"
+"""
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_resume_goes_on_from_the_last_good_checkpoint(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "out").mkdir()
+    done = subprocess.run(["unshare", "-m", "bash", "-c", DISK_FULL, "disk-full", str(tmp_path / "mnt"),
+                           sys.executable, str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = {p.name: p.read_text() for p in (tmp_path / "out").iterdir()}
+    assert out["first.rc"].strip() == "1", out["first.out"] + out["first.err"]
+    lines = out["first.err"].strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        r"snndist: error: cannot write checkpoint \S+/run/checkpoints/(\d+): OSError: \[Errno 28\] No space left on "
+        r"device \(the newest committed checkpoint is intact; free the space and continue with --resume\)",
+        lines[0]), lines
+    failed = int(re.search(r"checkpoints/(\d+):", lines[0]).group(1))
+    committed = sorted(int(n) for n in out["stopped.ls"].split() if n.isdigit())
+    assert committed == list(range(5, failed, 5)), "every committed checkpoint before the failed one, none after"
+    assert f"{failed}.orbax-checkpoint-tmp" in out["stopped.ls"].split(), "the torn one is only a temporary"
+    assert out["resume.rc"].strip() == "0", out["resume.err"]
+    assert f"resumed at step {committed[-1]} " in out["resume.out"]
+    assert sorted(int(n) for n in out["resumed.ls"].split() if n.isdigit())[-1] == 60
