@@ -183,3 +183,20 @@ def test_a_full_disk_stops_the_run_cleanly_and_resume_goes_on_from_the_last_good
     assert out["resume.rc"].strip() == "0", out["resume.err"]
     assert f"resumed at step {committed[-1]} " in out["resume.out"]
     assert sorted(int(n) for n in out["resumed.ls"].split() if n.isdigit())[-1] == 60
+
+
+def test_metrics_jsonl_records_each_step_once_across_replays_and_resumes(tmp_path):
+    from snndist.track.tracker import JsonlTracker
+
+    first = JsonlTracker(tmp_path)
+    for step, kind in ((10, "train"), (20, "train"), (20, "eval"), (10, "train"), (20, "train"),  # 10, 20 replayed
+                       (30, "train")):
+        first.log({kind: float(step)}, step)
+    first.finish()
+    resumed = JsonlTracker(tmp_path)  # from a checkpoint at step 10: 20 and 30 come again
+    for step in (20, 30, 40):
+        resumed.log({"train": float(step)}, step)
+    resumed.finish()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], next(k for k in r if k != "step")) for r in rows] == [
+        (10, "train"), (20, "train"), (20, "eval"), (30, "train"), (40, "train")]

@@ -46,13 +46,14 @@ def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False
         check_run_dir_free(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLease(run_dir, cfg.checkpoint.lease_timeout_s, say=say) as lease:
-        stop = StopSignal().install()
-        return _run(cfg, run_dir, lease, stop, local=local, resume=resume, restart=restart, say=say)
+        return _run(cfg, run_dir, lease, local=local, resume=resume, restart=restart, say=say)
 
 
-def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, stop: StopSignal, *, local: bool, resume: bool,
-         restart: bool, say: Callable[[str], None]) -> dict:
+def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, *, local: bool, resume: bool, restart: bool,
+         say: Callable[[str], None]) -> dict:
     runner = _runner(cfg, run_dir, local, say)
+    # After the runner: ray.init installs a SIGTERM handler of its own that ends the process at once.
+    stop = StopSignal().install()
     try:
         if not is_remote(run_dir):  # gs:// is the same from every node
             _check_shared(runner, run_dir)

@@ -60,6 +60,11 @@ def _jsonable(value: float) -> float | None:
 class JsonlTracker:
     """``metrics.jsonl`` (one object per logged step, appended on resume) and ``summary.json``.
 
+    Each step is recorded once: steps replayed after a recovery or a resume
+    from an older checkpoint, which an earlier row already holds, are not
+    written again (the replay computes the same numbers). A step may have
+    several rows in one session (train, eval, a recovery), in order.
+
     Cloud Storage has no append: there the whole file is written again at
     each log (a few hundred bytes a row, on the tracker thread). Pictures are
     not stored here.
@@ -71,6 +76,9 @@ class JsonlTracker:
         self.run_dir = run_dir
         path = run_dir / "metrics.jsonl"
         self._path, self._file = path, None
+        self._earlier = last_logged_step(run_dir)  # what earlier sessions logged, up to this step
+        self._last: int | None = None  # the last step this session logged
+        self._kinds_at_last: set[frozenset] = set()  # the rows written at it (train, eval, ...), by their names
         if is_remote(run_dir):
             self._text = path.read_text() if path.exists() else ""
         else:
@@ -78,6 +86,13 @@ class JsonlTracker:
         self._summary: dict[str, float] = {}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        kind = frozenset(metrics)
+        if (self._earlier is not None and step <= self._earlier) or (self._last is not None and step < self._last) \
+                or (step == self._last and kind in self._kinds_at_last):
+            return  # a replayed step: its row is there
+        if step != self._last:
+            self._last, self._kinds_at_last = step, set()
+        self._kinds_at_last.add(kind)
         line = json.dumps({"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}) + "\n"
         try:
             if self._file is None:
