@@ -32,6 +32,12 @@ class CheckpointError(SnndistError):
     exit_code = 2
 
 
+class NirError(SnndistError, ValueError):
+    """A NIR file that snndist cannot read or represent: the message names the file, node or edge."""
+
+    exit_code = 2
+
+
 class ClusterError(SnndistError):
     """The Ray cluster cannot be reached, refuses us, or lacks the resources asked for."""
 
