@@ -23,7 +23,8 @@ from snndist.train.spec import network_spec
 CLI = [sys.executable, "-m", "snndist"]
 QUIET = ["--set", "logging.wandb.mode=disabled", "--set", "logging.log_every=20"]
 RECURRENT = ["model.layers[0].recurrent=true", "model.layers[0].reset=hard", "model.layers[0].size=8",
-             "model.layers[1]={size: 6, recurrent: true, reset: hard, tau_mem_ms: 15.0, tau_syn_ms: 5.0}"]
+             "model.layers[1]={size: 6, recurrent: true, reset: hard, tau_mem_ms: 15.0, tau_syn_ms: 5.0, threshold: 0.5, "
+             "init_scale: 6.0}"]
 
 
 def _run(*args, timeout=300):
@@ -225,16 +226,14 @@ def test_snntorch_importer_gives_snndist_spikes(runs, tmp_path, name):
 
     cfg, spec, hard = _trace(runs[name], x, hard=True)  # snnTorch's importer always resets to zero
     assert len(spikes) == len(cfg.model.layers)
-    total = 0
     for i, (layer, s, mem) in enumerate(zip(spec.layers, spikes, mems)):
         np.testing.assert_array_equal(s, np.asarray(hard.spikes[i]), err_msg=f"hidden{i} spikes")
-        total += s.sum()
+        assert s.sum() > 50, (i, s.sum())  # enough spikes, resets and recurrent input to tell
         # snnTorch's voltage is snndist's over (1 - b) R (the export's r = tau_mem / dt).
         b = layer.lif.mem_decay
         u = mem * (1.0 - b) * layer.lif.resistance
         below = np.asarray(hard.spikes[i]) == 0  # after a spike snnTorch holds the reset value
         np.testing.assert_allclose(u[below], np.asarray(hard.voltages[i])[below], atol=2e-5, rtol=1e-5)
-    assert total > 50, total
     np.testing.assert_allclose(_integrate(drive, spec.readout_decay), np.asarray(hard.readout), atol=1e-4, rtol=1e-5)
 
     if cfg.model.layers[0].reset == "soft":
@@ -278,7 +277,8 @@ def test_snntorch_export_imports_and_gives_snntorchs_spikes(tmp_path):
     assert spikes[0].sum() > 20, spikes[0].sum()
     np.testing.assert_array_equal(np.asarray(trace.spikes[0]), spikes[0])
     below = spikes[0] == 0
-    np.testing.assert_allclose(np.asarray(trace.voltages[0])[below], mems[0][below], atol=2e-5, rtol=1e-5)
+    # snnTorch's float32 r = 19.999994 (not 20) makes voltages differ by ~2e-5 (of up to ~30)
+    np.testing.assert_allclose(np.asarray(trace.voltages[0])[below], mems[0][below], atol=1e-4, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(trace.readout), _integrate(drive, decay_out), atol=1e-4, rtol=1e-5)
 
 
