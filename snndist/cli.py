@@ -147,7 +147,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from snndist.run.nir_graph import export_run
+    from snndist.run.nir_run import export_run
 
     step = export_run(args.run_dir, args.to, step=args.step, flavor=args.flavor)
     print(f"wrote {args.to} (step {step})")
@@ -155,7 +155,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from snndist.run.nir_graph import import_graph
+    from snndist.run.nir_run import import_graph
 
     cfg = import_graph(args.file, args.to, args.set, flavor=args.flavor)
     sizes = " -> ".join(str(n) for n in [cfg.data.num_inputs, *(l.size for l in cfg.model.layers),

@@ -1,5 +1,4 @@
-"""NIR (the Neuromorphic Intermediate Representation) in and out: a run's network as a NIR graph, and a
-NIR graph as a new run directory.
+"""NIR (the Neuromorphic Intermediate Representation): snndist's parameters and config <-> a NIR graph.
 
 The graph is ``input -> [Affine -> CubaLIF (<- Affine, if recurrent)] per layer -> Affine -> LI -> output``.
 NIR states each node as an ODE in continuous time (seconds); snndist steps its network every ``dt``.
@@ -27,16 +26,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from snndist.config import Config, apply_override, config_hash, dump_yaml, from_dict, load_config
-from snndist.errors import ConfigError, NirError, one_line
-from snndist.store.checkpoint import Checkpointer
-from snndist.store.rundir import check_run_dir_free, open_run_dir
+from snndist.config import Config
+from snndist.errors import NirError, one_line
 
 SNNTORCH_STEP_S = 1e-4  # snnTorch's NIR importer and exporter step, fixed in its code
 FLAVORS = ("nir", "snntorch")
 
 
-def _nir():
+def nir_module():
     try:
         import nir
     except ImportError:
@@ -70,7 +67,7 @@ def _full(value: float, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- export
 def to_graph(params: dict, cfg: Config, flavor: str = "nir"):
     """``params`` (host arrays, weights ``[in, out]``) of ``cfg``'s network as a ``nir.NIRGraph``."""
-    nir = _nir()
+    nir = nir_module()
     m, dt_ms = cfg.model, cfg.data.dt_ms
     timing = Timing(SNNTORCH_STEP_S, True) if flavor == "snntorch" else Timing(dt_ms / 1000.0, False)
     nodes: dict[str, Any] = {"input": nir.Input(input_type=np.array([cfg.data.num_inputs]))}
@@ -137,24 +134,6 @@ def _metadata(cfg: Config, flavor: str, timing: Timing) -> dict:
     return meta
 
 
-def export_run(run_dir: str | os.PathLike, to: str | os.PathLike, step: int | None = None,
-               flavor: str = "nir") -> int:
-    """Write the network of ``run_dir``'s checkpoint (newest, or ``step``) to ``to`` with ``nir.write``;
-    returns the step exported."""
-    nir = _nir()
-    run_dir = open_run_dir(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
-    checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=print)
-    try:
-        step, params = checkpointer.restore_params(step)
-    finally:
-        checkpointer.close()
-    nir.write(os.fspath(to), to_graph(params, cfg, flavor))
-    return step
-
-
 # ----------------------------------------------------------------------------- import
 class Layer(NamedTuple):
     """One hidden layer read from a graph: snndist parameters and the config fields."""
@@ -164,7 +143,7 @@ class Layer(NamedTuple):
 
 
 def read_graph(path: str | os.PathLike):
-    nir = _nir()
+    nir = nir_module()
     if not os.path.isfile(path):
         raise NirError(f"{path}: no such file")
     try:
@@ -237,7 +216,7 @@ class _Walk:
 
 def from_graph(graph, timing: Timing, dt_ms: float) -> tuple[dict, dict]:
     """A ``nir.NIRGraph`` as (snndist params, the ``model`` section and ``data`` sizes of a config)."""
-    nir = _nir()
+    nir = nir_module()
     walk = _Walk(nir, graph)
     meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (graph.metadata or {}).items()}
     current, fan_in = walk.first()
@@ -329,64 +308,3 @@ def _readout(name: str, node, w: np.ndarray, bias: np.ndarray, timing: Timing) -
     if not math.isclose(gain, 1.0, rel_tol=1e-12):
         w, bias = (w * gain).astype(np.float32), (bias * gain).astype(np.float32)
     return {"w": w, "b": bias}, decay
-
-
-def import_graph(path: str | os.PathLike, run_dir: str | os.PathLike, overrides: list[str] = (),
-                 flavor: str | None = None) -> Config:
-    """Write ``run_dir``: the config of the graph at ``path`` (with ``overrides``, e.g. ``data.*``) and a
-    step-0 checkpoint of its parameters, as a run that ``eval`` and ``train --resume`` take."""
-    import jax
-
-    from snndist.train.optim import make_optimizer
-    from snndist.train.step import to_host
-
-    run_dir = check_run_dir_free(open_run_dir(run_dir))
-    graph = read_graph(path)
-    meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (graph.metadata or {}).items()}
-    flavor = flavor or meta.get("snndist.flavor", "nir")
-    if flavor not in FLAVORS:
-        raise ConfigError(f"--from {flavor}: must be one of {', '.join(FLAVORS)}")
-    raw: dict = {}
-    for item in overrides:
-        apply_override(raw, item)
-    given_dt = raw.get("data", {}).get("dt_ms")
-    if "snndist.dt_ms" in meta:  # our own export: its run's dt and step
-        dt_ms = float(given_dt or meta["snndist.dt_ms"])
-        timing = Timing(float(meta["snndist.step_s"]), meta.get("snndist.discretization") == "euler")
-    elif flavor == "snntorch":  # snnTorch's export: forward Euler at its fixed step
-        dt_ms = float(given_dt or SNNTORCH_STEP_S * 1000.0)
-        timing = Timing(SNNTORCH_STEP_S, True)
-    else:
-        dt_ms = float(given_dt or 1.0)
-        timing = Timing(dt_ms / 1000.0, False)
-    params, sections = from_graph(graph, timing, dt_ms)
-    data = raw.setdefault("data", {})
-    for key, value in {**sections["data"], "dt_ms": dt_ms}.items():
-        if key in data and data[key] != value:
-            raise ConfigError(f"--set data.{key}={data[key]}: the graph has {value}")
-        data[key] = value
-    if "snndist.timesteps" in meta:
-        data.setdefault("timesteps", int(meta["snndist.timesteps"]))
-    model = raw.setdefault("model", {})
-    saved = json.loads(meta["snndist.model_config"]) if "snndist.model_config" in meta else {}
-    if len(saved.get("layers", [])) == len(sections["model"]["layers"]):
-        sections["model"]["layers"] = [{**old, **new} for old, new in zip(saved["layers"], sections["model"]["layers"])]
-        sections["model"]["readout"] = {**saved["readout"], **sections["model"]["readout"]}
-        sections["model"]["surrogate_params"] = saved.get("surrogate_params", {})
-    for key, value in sections["model"].items():
-        model.setdefault(key, value)
-    cfg = from_dict(raw).validate()
-    params = {k: {n: np.asarray(v, np.float32) for n, v in p.items()} for k, p in params.items()}
-    opt_state = to_host(make_optimizer(cfg.train)[0].init(jax.tree.map(np.asarray, params)))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    checkpointer = Checkpointer(run_dir, cfg.checkpoint, say=print)
-    try:
-        checkpointer.save(0, {"params": params, "opt_state": opt_state}, {
-            "wandb_run_id": None, "step": 0, "skipped": 0, "config_hash": config_hash(cfg),
-            "data_position": {"epoch": 0, "offset": 0},
-            "topology": {"workers": 0, "devices_per_worker": 0, "grad_sync": "imported"},
-            "seeds": {"train": cfg.train.seed, "data": cfg.data.seed}})
-    finally:
-        checkpointer.close()
-    return cfg
