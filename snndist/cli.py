@@ -70,6 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", metavar="RUN_DIR")
     plot.set_defaults(func=cmd_plot)
 
+    export = commands.add_parser("export", help="write a run's network as a NIR graph", description=(
+        "Write the network of RUN_DIR's newest checkpoint (or --step N) as a NIR graph (the Neuromorphic "
+        "Intermediate Representation) with nir.write; see README, 'NIR export and import'."))
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--to", required=True, metavar="FILE", help="the NIR file to write, e.g. model.nir")
+    export.add_argument("--step", type=int, metavar="N", help="the checkpoint of step N (default: the newest)")
+    export.add_argument("--for", dest="flavor", default="nir", choices=["nir", "snntorch"],
+                        help="nir: time constants in seconds, exact decays (default); snntorch: what "
+                             "snnTorch's importer reads as snndist computes (forward Euler at its 0.1 ms step)")
+    export.set_defaults(func=cmd_export)
+
+    imp = commands.add_parser("import", help="make a run directory from a NIR graph", description=(
+        "Read a NIR graph (input, Affine + CubaLIF per layer, optional recurrent Affine, Affine + LI "
+        "readout, output) into RUN_DIR: config.yaml and a step-0 checkpoint that eval and "
+        "train --resume take. Name the dataset with --set data.*."))
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--to", required=True, metavar="RUN_DIR", help="a new run directory")
+    imp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="config fields, e.g. data.kind=shd or train.lr=1e-3 (repeatable)")
+    imp.add_argument("--from", dest="flavor", choices=["nir", "snntorch"],
+                     help="how the graph's time constants read: nir (exact decays at data.dt_ms) or "
+                          "snntorch (forward Euler at snnTorch's 0.1 ms step); default: the graph's "
+                          "snndist metadata, else nir")
+    imp.set_defaults(func=cmd_import)
+
     from snndist.dist.job_commands import add_job_commands
 
     add_job_commands(commands)
@@ -118,6 +143,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     for path in plot_run(args.run_dir):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from snndist.run.nir_run import export_run
+
+    step = export_run(args.run_dir, args.to, step=args.step, flavor=args.flavor)
+    print(f"wrote {args.to} (step {step})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from snndist.run.nir_run import import_graph
+
+    cfg = import_graph(args.file, args.to, args.set, flavor=args.flavor)
+    sizes = " -> ".join(str(n) for n in [cfg.data.num_inputs, *(l.size for l in cfg.model.layers),
+                                         cfg.data.num_classes])
+    print(f"wrote {args.to}: {sizes} at dt {cfg.data.dt_ms:g} ms, step-0 checkpoint")
     return 0
 
 

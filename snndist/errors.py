@@ -44,6 +44,12 @@ class WandbError(SnndistError):
     exit_code = 2
 
 
+class NirError(SnndistError, ValueError):
+    """A NIR file that snndist cannot read or represent: the message names the file, node or edge."""
+
+    exit_code = 2
+
+
 class StorageError(SnndistError):
     """A write to the run directory failed (no space left, no permission, the bucket refused)."""
 

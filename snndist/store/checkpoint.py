@@ -137,6 +137,22 @@ class Checkpointer:
                                   "pass --restart to start the run over on purpose")
         return None
 
+    def restore_params(self, step: int | None = None) -> tuple[int, dict]:
+        """The parameters alone (host arrays) of checkpoint ``step``, or of the newest; (step, params)."""
+        steps = self.steps()
+        if not steps:
+            raise CheckpointError(f"{self.directory}: no checkpoint")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise CheckpointError(f"{self.directory}: no checkpoint of step {step} (there are {steps})")
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+        except Exception as err:
+            raise CheckpointError(f"{self.directory / str(step)}: unreadable ({type(err).__name__}: "
+                                  f"{one_line(err, 200)})") from None
+        return step, {k: {n: np.asarray(v) for n, v in p.items()} for k, p in restored["params"].items()}
+
     def _set_aside(self, step: int) -> None:
         path = self.directory / str(step)
         if path.exists():
