@@ -33,14 +33,16 @@ ITEMS = ("params", "opt_state", "meta")
 
 
 class _OrbaxErrorsAreOurs(logging.Filter):
-    """Orbax logs a failed save with full tracebacks from its threads; snndist reports every failed save
-    and unreadable checkpoint itself, in one line, so only Orbax's warnings and info pass."""
+    """Orbax logs a failed save with full tracebacks from its threads (through absl, and asyncio's
+    "Task exception was never retrieved"); snndist reports every failed save and unreadable checkpoint
+    itself, in one line, so only their warnings and info pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR
 
 
-logging.getLogger("absl").addFilter(_OrbaxErrorsAreOurs())
+for _name in ("absl", "asyncio"):
+    logging.getLogger(_name).addFilter(_OrbaxErrorsAreOurs())
 
 
 class Checkpointer:
