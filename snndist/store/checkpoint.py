@@ -15,7 +15,9 @@ error.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
@@ -43,6 +45,18 @@ class _OrbaxErrorsAreOurs(logging.Filter):
 
 for _name in ("absl", "asyncio"):
     logging.getLogger(_name).addFilter(_OrbaxErrorsAreOurs())
+
+
+def _drop_late_tensorstore_callbacks(report: Any, _previous=sys.unraisablehook) -> None:
+    """After a failed save Orbax closes its event loop while TensorStore still has writes in flight; as
+    each finishes, TensorStore's thread calls back into the closed loop and the error, with no object
+    to blame, reaches this hook. The failure itself is reported once, by ``Checkpointer.check``."""
+    late = isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"
+    if not (late and report.object is None):
+        _previous(report)
+
+
+sys.unraisablehook = _drop_late_tensorstore_callbacks
 
 
 class Checkpointer:
@@ -89,9 +103,10 @@ class Checkpointer:
         try:
             pending.result()
         except Exception as err:
-            raise StorageError(f"cannot write checkpoint {self.directory / str(self._pending_step)}: "
-                               f"{type(err).__name__}: {one_line(err, 200)} (the newest committed checkpoint is "
-                               "intact; free the space and continue with --resume)") from None
+            cause = "no space left on device" if _disk_full(err) else f"{type(err).__name__}: {one_line(err, 200)}"
+            raise StorageError(f"cannot write checkpoint {self.directory / str(self._pending_step)}: {cause} "
+                               "(the newest committed checkpoint is intact; free the space and continue with "
+                               "--resume)") from None
 
     def _save(self, step: int, state: dict, meta: dict, metrics: dict | None) -> None:
         if step in self.manager.all_steps():  # e.g. a stop signal right after a periodic save
@@ -165,6 +180,12 @@ class Checkpointer:
         self.wait()
         self._thread.shutdown()
         self.manager.close()
+
+
+def _disk_full(err: BaseException) -> bool:
+    """ENOSPC from Python's own writes, or inside TensorStore's text (it raises ``ValueError:
+    RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']``)."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
 
 
 def _leaves(tree: Any) -> list:
