@@ -95,10 +95,38 @@ def build_parser() -> argparse.ArgumentParser:
                           "snndist metadata, else nir")
     imp.set_defaults(func=cmd_import)
 
+    bench = commands.add_parser("bench", help="time a config's train step on this machine", description=(
+        "Run a config's train step in this process on this machine's devices (CPU or GPU) and print the "
+        "compile time, ms/step, samples/s, peak device memory and the dense-matmul FLOP floor, to size a "
+        "cluster run before submitting it."))
+    bench.add_argument("--config", required=True, metavar="FILE", help="YAML config, e.g. configs/bench_shd.yaml")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. train.global_batch=512 (repeatable)")
+    bench.add_argument("--steps", type=int, default=20, metavar="N", help="timed steps after the first (default 20)")
+    bench.add_argument("--json", action="store_true",
+                       help="print one JSON object (ms_per_step, samples_per_s, compile_s, peak_memory_bytes, "
+                            "flop_floor_ms, device) and nothing else on stdout")
+    bench.set_defaults(func=cmd_bench)
+
     from snndist.dist.job_commands import add_job_commands
 
     add_job_commands(commands)
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from snndist.config import load_config
+    from snndist.run.bench import bench, format_report
+
+    if args.steps < 1:
+        raise ConfigError(f"--steps {args.steps}: must be >= 1")
+    cfg = load_config(args.config, args.set)
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    result = bench(cfg, args.steps, say)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

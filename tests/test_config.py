@@ -166,7 +166,7 @@ def test_help_lists_and_describes_every_command():
     top = _cli("--help")
     assert top.returncode == 0 and top.stdout.startswith("usage: snndist")
     commands = {"train": "--resume", "eval": "--split", "plot": "RUN_DIR", "submit": "--working-dir",
-                "jobs": "--address", "status": "JOB", "logs": "--follow", "stop": "JOB"}
+                "jobs": "--address", "status": "JOB", "logs": "--follow", "stop": "JOB", "bench": "--json"}
     for command, option in commands.items():
         assert f"    {command} " in top.stdout, f"{command} is missing from snndist --help"
         result = _cli(command, "--help")

@@ -40,12 +40,12 @@ def _sets(overrides):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 2-worker Ray run of 40 steps, then resumed to 60."""
+    """A 2-worker Ray run of 40 steps, then resumed to 60 in-process (the same W&B run either way)."""
     tmp = tmp_path_factory.mktemp("monitoring")
     run, env = tmp / "run", _env(tmp / "wandb-home")
     first = _train("--config", "configs/tutorial.yaml", "--run-dir", str(run), *_sets(RUN), env=env)
     assert first.returncode == 0, first.stderr
-    second = _train("--resume", str(run), "--set", "train.steps=60", env=env)
+    second = _train("--resume", str(run), "--local", "--set", "train.steps=60", env=env)
     assert second.returncode == 0, second.stderr
     return run, first, second
 

@@ -16,15 +16,20 @@ its ``lax.scan``.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from snndist.model.inputs import SpikeEvents
-from snndist.model.neurons import LIFSpec, LIFState, lif_step
+from snndist.model.lif_layer import lif_layer
+from snndist.model.neurons import LIFSpec
 from snndist.model.surrogate import SpikeFn
+
+# (lif, spike_fn, drive [T, batch, n], w_rec or None) -> (voltages, spikes), each [T, batch, n]
+LayerFn = Callable[[LIFSpec, SpikeFn, jax.Array, Optional[jax.Array]], tuple[jax.Array, jax.Array]]
 
 
 class Init(NamedTuple):
@@ -124,26 +129,26 @@ def input_drive(x: jax.Array | SpikeEvents, w: jax.Array, b: jax.Array, timestep
     return (x2d @ w).reshape(steps, batch, -1) + b[None, None, :]
 
 
-def forward(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec) -> Trace:
-    """Run the network over a batch of spike trains (dense ``[batch, T, n_in]`` or events)."""
+def hidden_layers(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec,
+                  layer_fn: LayerFn = lif_layer) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """Voltages and spikes ``[T, batch, n]`` of every hidden layer. ``layer_fn``: ``lif_layer`` (its own
+    backward pass) or ``scanned_layer`` (autodiff of the plain scan, the definition it is tested against)."""
     first = params["hidden0"]
     drive = input_drive(x, first["w"], first["b"], spec.timesteps)
-    batch = drive.shape[1]
     voltages, spikes = [], []
     for i, (name, layer) in enumerate(zip(spec.names, spec.layers)):
         p = params[name]
         if i:
             drive = spikes[-1] @ p["w"] + p["b"][None, None, :]
-        w_rec = p.get("v")
-
-        def step(state, drive_t, lif=layer.lif, w_rec=w_rec):
-            state = lif_step(lif, spec.spike_fn, w_rec, state, drive_t)
-            return state, (state.u, state.s)
-
-        _, (u, s) = jax.lax.scan(step, LIFState.zeros(batch, p["b"].shape[0], drive.dtype), drive)
+        u, s = layer_fn(layer.lif, spec.spike_fn, drive, p.get("v"))
         voltages.append(u)
         spikes.append(s)
+    return tuple(voltages), tuple(spikes)
 
+
+def forward(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec, layer_fn: LayerFn = lif_layer) -> Trace:
+    """Run the network over a batch of spike trains (dense ``[batch, T, n_in]`` or events), keeping every step."""
+    voltages, spikes = hidden_layers(params, x, spec, layer_fn)
     out_drive = spikes[-1] @ params["readout"]["w"] + params["readout"]["b"][None, None, :]
 
     def integrate(o, drive_t):
@@ -151,7 +156,33 @@ def forward(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec) -> Trac
         return o, o
 
     _, readout = jax.lax.scan(integrate, jnp.zeros_like(out_drive[0]), out_drive)
-    return Trace(tuple(voltages), tuple(spikes), readout, REDUCTIONS[spec.reduce](readout))
+    return Trace(voltages, spikes, readout, REDUCTIONS[spec.reduce](readout))
+
+
+def readout_logits(params: dict, spikes: jax.Array, spec: NetworkSpec) -> jax.Array:
+    """The readout reduced over time, ``[batch, classes]``, from the last layer's spikes ``[T, batch, n]``.
+
+    The leaky integrator is linear, so its mean over time (or its last value)
+    is a weighted sum of the spikes over time, then one small matmul: no time
+    loop. ``max`` has no such form and integrates step by step.
+    """
+    readout = params["readout"]
+    steps = spikes.shape[0]
+    if spec.reduce == "max":
+        out_drive = spikes @ readout["w"] + readout["b"][None, None, :]
+        _, trace = jax.lax.scan(lambda o, d: (spec.readout_decay * o + d,) * 2, jnp.zeros_like(out_drive[0]),
+                                out_drive)
+        return trace.max(axis=0)
+    weights = jnp.asarray(readout_weights(spec.readout_decay, steps, spec.reduce), spikes.dtype)
+    return jnp.einsum("t,tbn->bn", weights, spikes) @ readout["w"] + (weights.sum() * readout["b"])[None, :]
+
+
+def readout_weights(decay: float, steps: int, reduce: str) -> np.ndarray:
+    """``c_k`` with ``reduce_t(o_t) = sum_k c_k d_k`` for ``o_t = decay o_{t-1} + d_t``: each drive's share."""
+    remaining = steps - np.arange(steps, dtype=np.float64)  # steps from k to the end, k included
+    if reduce == "mean":
+        return (1.0 - decay**remaining) / ((1.0 - decay) * steps)
+    return decay ** (remaining - 1)  # last
 
 
 # The readout's reduction over time, ``[T, batch, classes] -> [batch, classes]``: the same for loss and accuracy.
@@ -178,7 +209,7 @@ class LossAux(NamedTuple):
 
 
 def loss_fn(params: dict, x: jax.Array | SpikeEvents, y: jax.Array, spec: NetworkSpec,
-            weights: jax.Array | None = None) -> tuple[jax.Array, LossAux]:
+            weights: jax.Array | None = None, layer_fn: LayerFn = lif_layer) -> tuple[jax.Array, LossAux]:
     """Mean over the batch of softmax cross-entropy plus rate penalties.
 
     ``weights [batch]`` (1 for a sample, 0 for padding) make it the mean over
@@ -186,18 +217,19 @@ def loss_fn(params: dict, x: jax.Array | SpikeEvents, y: jax.Array, spec: Networ
     result as unpadded ones. Every term is a mean of per-sample values: the
     mean over shards, weighted by their sample counts, is the batch mean.
     """
-    trace = forward(params, x, spec)
+    _, spikes = hidden_layers(params, x, spec, layer_fn)
+    logits = readout_logits(params, spikes[-1], spec)
     if weights is None:
-        weights = jnp.ones(y.shape, trace.logits.dtype)
+        weights = jnp.ones(y.shape, logits.dtype)
     mean = lambda v: jnp.sum(weights * v) / jnp.maximum(jnp.sum(weights), 1.0)  # padding-only shard: 0, not NaN
-    per_sample = optax.softmax_cross_entropy_with_integer_labels(trace.logits, y)
+    per_sample = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     cross_entropy = mean(per_sample)
-    for layer, s in zip(spec.layers, trace.spikes):
+    for layer, s in zip(spec.layers, spikes):
         if layer.rate_reg.strength > 0:
             per_sample = per_sample + rate_penalty(s, layer.rate_reg, spec.dt_ms)
     aux = LossAux(
         cross_entropy=cross_entropy,
-        accuracy=mean((trace.logits.argmax(-1) == y).astype(weights.dtype)),
-        rate_hz=tuple(mean(s.mean(axis=(0, 2))) * (1000.0 / spec.dt_ms) for s in trace.spikes),
-        neuron_spikes=tuple(jnp.einsum("tbn,b->n", s, weights) for s in trace.spikes))
+        accuracy=mean((logits.argmax(-1) == y).astype(weights.dtype)),
+        rate_hz=tuple(mean(s.mean(axis=(0, 2))) * (1000.0 / spec.dt_ms) for s in spikes),
+        neuron_spikes=tuple(jnp.einsum("tbn,b->n", s, weights) for s in spikes))
     return mean(per_sample), aux

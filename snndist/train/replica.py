@@ -85,6 +85,12 @@ class Replica:
             self.loader("train").prefetch(upcoming.indices)
         return {**metrics, **self._host_metrics()}
 
+    def step_memory_bytes(self, shard: Shard) -> int:
+        """Bytes XLA plans for one train step on this shard: arguments, outputs and temporaries."""
+        memory = self._train_step.lower(self.state, *self._global_batch(shard, "train")).compile().memory_analysis()
+        return int(memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+                   - memory.alias_size_in_bytes)
+
     def grads(self, shard: Shard, upcoming: Shard | None = None) -> tuple[dict, Metrics]:
         """This shard's mean gradient and metrics, on the host (coordinator sync)."""
         grads, metrics = self._grad_step(self.state.params, *self._global_batch(shard, "train"))
