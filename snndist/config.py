@@ -175,6 +175,11 @@ class TrainConfig:
     eval_every: int = resumable(0)  # steps; 0: only at the end
     eval_split: Split = resumable("train")
     eval_batch: int = resumable(256)
+    # Walk through time in chunks of this many steps, each recomputed in the backward pass: memory grows
+    # with T / remat + remat instead of T, for about one more forward pass (0: off). The same math; the
+    # sums over time are added chunk by chunk, so results may differ in the last bits, and a resume may
+    # turn it on (a longer T, a smaller device) or off.
+    remat: int = resumable(0)
 
 
 # ------------------------------------------------------------ checkpoint, logging, cluster
@@ -425,6 +430,11 @@ def _is_section(f: dataclasses.Field) -> bool:
 
 
 # --------------------------------------------------------------- validation
+def _divisor_near_sqrt(n: int) -> int:
+    """The divisor of ``n`` closest to its square root: the chunk length that needs the least memory."""
+    return min((k for k in range(1, n + 1) if n % k == 0), key=lambda k: abs(k - math.sqrt(n)))
+
+
 def _check(ok: bool, path: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{path}={value!r}: {rule}")
@@ -495,6 +505,8 @@ def _validate(cfg: Config) -> None:
     _check(0 <= t.warmup_steps < t.steps, "train.warmup_steps", t.warmup_steps,
            f"must be in [0, train.steps={t.steps})")
     _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0 (0: only at the end)")
+    _check(t.remat >= 0 and (t.remat == 0 or d.timesteps % t.remat == 0), "train.remat", t.remat,
+           f"must be 0 (off) or divide data.timesteps={d.timesteps}, e.g. {_divisor_near_sqrt(d.timesteps)}")
 
     _check(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "must be > 0")
     _check(cfg.checkpoint.keep > 0, "checkpoint.keep", cfg.checkpoint.keep, "must be > 0")

@@ -7,7 +7,7 @@ import pytest
 from snndist.config import load_config
 from snndist.model.lif_layer import lif_layer, scanned_layer
 from snndist.model.network import REDUCTIONS, forward, init_params, loss_fn, readout_logits
-from snndist.model.neurons import LIFSpec
+from snndist.model.neurons import LIFSpec, LIFState
 from snndist.model.surrogate import make_spike_fn
 from snndist.train.spec import network_spec
 
@@ -20,15 +20,19 @@ def test_the_layers_own_backward_pass_equals_autodiff_of_the_scan(reset, recurre
     lif = LIFSpec.create(dt_ms=1.0, tau_mem_ms=8.0, tau_syn_ms=4.0, threshold=1.0, v_reset=-0.2, v_rest=0.1,
                          resistance=1.3, reset=reset)
     spike = make_spike_fn("fast_sigmoid")
-    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    k = jax.random.split(jax.random.PRNGKey(0), 6)
     drive = 0.8 * jax.random.normal(k[0], (40, 3, 7)) + 0.6
     w_rec = 0.5 * jax.random.normal(k[1], (7, 7)) if recurrent else None
-    # Cotangents on both outputs: the voltages' too, which the loss alone would leave zero.
-    g_u, g_s = jax.random.normal(k[2], drive.shape), jax.random.normal(k[3], drive.shape)
+    # A state to start from and cotangents on every output (the voltages' and the last state's too,
+    # which one chunk of a longer run receives): all of the backward pass is checked.
+    start = LIFState(*(jax.random.normal(key, (3, 7)) for key in jax.random.split(k[2], 3)))
+    start = start._replace(s=(start.s > 0.5).astype(jnp.float32))
+    g_u, g_s = jax.random.normal(k[3], drive.shape), jax.random.normal(k[4], drive.shape)
+    g_last = LIFState(*(jax.random.normal(key, (3, 7)) for key in jax.random.split(k[5], 3)))
 
     def pulled(layer):
-        outputs, vjp = jax.vjp(lambda d, v: layer(lif, spike, d, v), drive, w_rec)
-        return outputs, vjp((g_u, g_s))
+        (u, s, last), vjp = jax.vjp(lambda d, v, s0: layer(lif, spike, d, v, s0), drive, w_rec, start)
+        return (u, s), vjp((g_u, g_s, g_last))
 
     (u0, s0), grads0 = pulled(scanned_layer)
     (u1, s1), grads1 = pulled(lif_layer)
@@ -68,3 +72,43 @@ def test_network_loss_and_gradients_equal_the_plain_path():
         for key in plain[name]:
             assert float(jnp.abs(plain[name][key]).max()) > 0, f"{name}.{key}: no gradient to compare"
             np.testing.assert_allclose(fast[name][key], plain[name][key], rtol=1e-4, atol=1e-6, err_msg=f"{name}.{key}")
+
+
+@pytest.mark.parametrize("reduce,encoding", [("mean", "dense"), ("max", "events"), ("last", "events")])
+def test_remat_in_chunks_gives_the_same_loss_and_gradients(reduce, encoding):
+    from snndist.data.events import to_events
+
+    overrides = ["data.num_inputs=30", "data.timesteps=24", "model.layers[0].size=12",
+                 "model.layers[0].rate_reg={strength: 1.0e-3, low_hz: 20.0, high_hz: 200.0}",
+                 "model.layers[1]={size: 6, recurrent: true, reset: hard}", f"model.readout.reduce={reduce}"]
+    whole = network_spec(load_config("configs/bench_shd.yaml", overrides))
+    chunked = network_spec(load_config("configs/bench_shd.yaml", [*overrides, "train.remat=6"]))
+    assert chunked.remat_steps == 6
+    params = init_params(jax.random.PRNGKey(7), whole)
+    spikes = np.asarray(jax.random.bernoulli(jax.random.PRNGKey(8), 0.25, (5, 24, 30)))
+    x = to_events(spikes, 400) if encoding == "events" else jnp.asarray(spikes, jnp.float32)
+    y = jnp.arange(5) % whole.num_classes
+
+    def loss_and_grads(spec):
+        return jax.value_and_grad(lambda p: loss_fn(p, x, y, spec), has_aux=True)(params)
+
+    (loss0, aux0), grads0 = loss_and_grads(whole)
+    (loss1, aux1), grads1 = loss_and_grads(chunked)
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(aux1), jax.tree.leaves(aux0)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads0)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_remat_memory_grows_with_the_chunk_not_with_t():
+    def temp_bytes(overrides):
+        spec = network_spec(load_config("configs/bench_shd.yaml", ["data.timesteps=400", *overrides]))
+        params = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), spec))
+        x = jax.ShapeDtypeStruct((32, 400, 700), jnp.bool_)
+        y = jax.ShapeDtypeStruct((32,), jnp.int32)
+        step = jax.jit(jax.grad(lambda p, x, y: loss_fn(p, x, y, spec)[0]))
+        return step.lower(params, x, y).compile().memory_analysis().temp_size_in_bytes
+
+    plain, remat = temp_bytes([]), temp_bytes(["train.remat=20"])
+    assert remat < 0.15 * plain, (remat, plain)

@@ -25,11 +25,12 @@ import optax
 
 from snndist.model.inputs import SpikeEvents
 from snndist.model.lif_layer import lif_layer
-from snndist.model.neurons import LIFSpec
+from snndist.model.neurons import LIFSpec, LIFState
 from snndist.model.surrogate import SpikeFn
 
-# (lif, spike_fn, drive [T, batch, n], w_rec or None) -> (voltages, spikes), each [T, batch, n]
-LayerFn = Callable[[LIFSpec, SpikeFn, jax.Array, Optional[jax.Array]], tuple[jax.Array, jax.Array]]
+# (lif, spike_fn, drive [T, batch, n], w_rec or None, start) -> (voltages, spikes [T, batch, n], last state)
+LayerFn = Callable[[LIFSpec, SpikeFn, jax.Array, Optional[jax.Array], LIFState],
+                   tuple[jax.Array, jax.Array, LIFState]]
 
 
 class Init(NamedTuple):
@@ -70,6 +71,7 @@ class NetworkSpec(NamedTuple):
     readout_init: Init
     reduce: str  # a key of REDUCTIONS
     spike_fn: SpikeFn
+    remat_steps: int = 0  # the loss walks through time in chunks of this many steps, recomputed backward; 0: off
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -129,34 +131,46 @@ def input_drive(x: jax.Array | SpikeEvents, w: jax.Array, b: jax.Array, timestep
     return (x2d @ w).reshape(steps, batch, -1) + b[None, None, :]
 
 
-def hidden_layers(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec,
-                  layer_fn: LayerFn = lif_layer) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
-    """Voltages and spikes ``[T, batch, n]`` of every hidden layer. ``layer_fn``: ``lif_layer`` (its own
-    backward pass) or ``scanned_layer`` (autodiff of the plain scan, the definition it is tested against)."""
+def hidden_layers(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec, layer_fn: LayerFn = lif_layer,
+                  starts: tuple[LIFState, ...] | None = None, timesteps: int | None = None) -> tuple[tuple, tuple, tuple]:
+    """Voltages and spikes ``[T, batch, n]`` of every hidden layer, and each layer's last state.
+
+    ``layer_fn``: ``lif_layer`` (its own backward pass) or ``scanned_layer``
+    (autodiff of the plain scan, the definition it is tested against).
+    ``starts``: the layers' states before the first step (default: rest);
+    ``timesteps``: how many steps ``x`` covers (default: the spec's).
+    """
     first = params["hidden0"]
-    drive = input_drive(x, first["w"], first["b"], spec.timesteps)
-    voltages, spikes = [], []
+    drive = input_drive(x, first["w"], first["b"], timesteps or spec.timesteps)
+    batch = drive.shape[1]
+    voltages, spikes, lasts = [], [], []
     for i, (name, layer) in enumerate(zip(spec.names, spec.layers)):
         p = params[name]
         if i:
             drive = spikes[-1] @ p["w"] + p["b"][None, None, :]
-        u, s = layer_fn(layer.lif, spec.spike_fn, drive, p.get("v"))
+        start = starts[i] if starts else LIFState.zeros(batch, layer.size, drive.dtype)
+        u, s, last = layer_fn(layer.lif, spec.spike_fn, drive, p.get("v"), start)
         voltages.append(u)
         spikes.append(s)
-    return tuple(voltages), tuple(spikes)
+        lasts.append(last)
+    return tuple(voltages), tuple(spikes), tuple(lasts)
 
 
 def forward(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec, layer_fn: LayerFn = lif_layer) -> Trace:
     """Run the network over a batch of spike trains (dense ``[batch, T, n_in]`` or events), keeping every step."""
-    voltages, spikes = hidden_layers(params, x, spec, layer_fn)
+    voltages, spikes, _ = hidden_layers(params, x, spec, layer_fn)
     out_drive = spikes[-1] @ params["readout"]["w"] + params["readout"]["b"][None, None, :]
+    readout = _integrate(spec.readout_decay, jnp.zeros_like(out_drive[0]), out_drive)
+    return Trace(voltages, spikes, readout, REDUCTIONS[spec.reduce](readout))
 
-    def integrate(o, drive_t):
-        o = spec.readout_decay * o + drive_t
+
+def _integrate(decay: float, start: jax.Array, drive: jax.Array) -> jax.Array:
+    """The readout's leaky integrator ``o_t = decay o_{t-1} + drive_t`` from ``start``, every step."""
+    def step(o, drive_t):
+        o = decay * o + drive_t
         return o, o
 
-    _, readout = jax.lax.scan(integrate, jnp.zeros_like(out_drive[0]), out_drive)
-    return Trace(voltages, spikes, readout, REDUCTIONS[spec.reduce](readout))
+    return jax.lax.scan(step, start, drive)[1]
 
 
 def readout_logits(params: dict, spikes: jax.Array, spec: NetworkSpec) -> jax.Array:
@@ -170,9 +184,7 @@ def readout_logits(params: dict, spikes: jax.Array, spec: NetworkSpec) -> jax.Ar
     steps = spikes.shape[0]
     if spec.reduce == "max":
         out_drive = spikes @ readout["w"] + readout["b"][None, None, :]
-        _, trace = jax.lax.scan(lambda o, d: (spec.readout_decay * o + d,) * 2, jnp.zeros_like(out_drive[0]),
-                                out_drive)
-        return trace.max(axis=0)
+        return _first_max(_integrate(spec.readout_decay, jnp.zeros_like(out_drive[0]), out_drive))
     weights = jnp.asarray(readout_weights(spec.readout_decay, steps, spec.reduce), spikes.dtype)
     return jnp.einsum("t,tbn->bn", weights, spikes) @ readout["w"] + (weights.sum() * readout["b"])[None, :]
 
@@ -186,14 +198,19 @@ def readout_weights(decay: float, steps: int, reduce: str) -> np.ndarray:
 
 
 # The readout's reduction over time, ``[T, batch, classes] -> [batch, classes]``: the same for loss and accuracy.
+def _first_max(readout: jax.Array) -> jax.Array:
+    """Max over time whose gradient goes to the first step that reaches it: ties (a silent start holds
+    the readout at its bias) then split the same way however time is cut into chunks."""
+    return jnp.take_along_axis(readout, jnp.argmax(readout, axis=0)[None], axis=0)[0]
+
+
 REDUCTIONS = {"mean": lambda readout: readout.mean(axis=0),
-              "max": lambda readout: readout.max(axis=0),
+              "max": _first_max,
               "last": lambda readout: readout[-1]}
 
 
-def rate_penalty(spikes: jax.Array, reg: RateReg, dt_ms: float) -> jax.Array:
-    """Per-sample firing-rate penalty ``[batch]`` (see ``RateReg``)."""
-    rates_hz = spikes.mean(axis=0) * (1000.0 / dt_ms)  # [batch, n]
+def rate_penalty(rates_hz: jax.Array, reg: RateReg) -> jax.Array:
+    """Per-sample firing-rate penalty ``[batch]`` from each sample's neuron rates ``[batch, n]`` (see ``RateReg``)."""
     below = jax.nn.relu(reg.low_hz - rates_hz)
     above = jax.nn.relu(rates_hz - reg.high_hz) if math.isfinite(reg.high_hz) else 0.0
     return reg.strength * (below**2 + above**2).mean(axis=-1)
@@ -217,19 +234,59 @@ def loss_fn(params: dict, x: jax.Array | SpikeEvents, y: jax.Array, spec: Networ
     result as unpadded ones. Every term is a mean of per-sample values: the
     mean over shards, weighted by their sample counts, is the batch mean.
     """
-    _, spikes = hidden_layers(params, x, spec, layer_fn)
-    logits = readout_logits(params, spikes[-1], spec)
+    logits, counts = (_in_chunks(params, x, spec, layer_fn) if spec.remat_steps
+                      else _whole(params, x, spec, layer_fn))
+    to_hz = 1000.0 / (spec.dt_ms * spec.timesteps)
     if weights is None:
         weights = jnp.ones(y.shape, logits.dtype)
     mean = lambda v: jnp.sum(weights * v) / jnp.maximum(jnp.sum(weights), 1.0)  # padding-only shard: 0, not NaN
     per_sample = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     cross_entropy = mean(per_sample)
-    for layer, s in zip(spec.layers, spikes):
+    for layer, c in zip(spec.layers, counts):
         if layer.rate_reg.strength > 0:
-            per_sample = per_sample + rate_penalty(s, layer.rate_reg, spec.dt_ms)
+            per_sample = per_sample + rate_penalty(c * to_hz, layer.rate_reg)
     aux = LossAux(
         cross_entropy=cross_entropy,
         accuracy=mean((logits.argmax(-1) == y).astype(weights.dtype)),
-        rate_hz=tuple(mean(s.mean(axis=(0, 2))) * (1000.0 / spec.dt_ms) for s in spikes),
-        neuron_spikes=tuple(jnp.einsum("tbn,b->n", s, weights) for s in spikes))
+        rate_hz=tuple(mean(c.mean(axis=-1)) * to_hz for c in counts),
+        neuron_spikes=tuple(weights @ c for c in counts))
     return mean(per_sample), aux
+
+
+def _whole(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """The readout reduced over time ``[batch, classes]``, and each layer's spikes per sample and neuron."""
+    _, spikes, _ = hidden_layers(params, x, spec, layer_fn)
+    return readout_logits(params, spikes[-1], spec), tuple(s.sum(axis=0) for s in spikes)
+
+
+def _in_chunks(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """What ``_whole`` computes, ``spec.remat_steps`` steps at a time, each chunk recomputed in the backward
+    pass (``jax.checkpoint``): memory holds one chunk's steps and the states between chunks, not all of T."""
+    chunk = spec.remat_steps
+    batch = x.times.shape[0] if isinstance(x, SpikeEvents) else x.shape[0]
+    readout = params["readout"]
+
+    def piece(k):
+        if isinstance(x, SpikeEvents):  # this chunk's events, re-timed; the rest fall on the dropped row
+            times = x.times - k * chunk
+            return SpikeEvents(jnp.where((times >= 0) & (times < chunk), times, chunk), x.units)
+        return jax.lax.dynamic_slice_in_dim(x, k * chunk, chunk, axis=1)
+
+    @jax.checkpoint
+    def step(carry, k):
+        states, o, reduced, counts = carry
+        _, spikes, states = hidden_layers(params, piece(k), spec, layer_fn, states, chunk)
+        out = _integrate(spec.readout_decay, o, spikes[-1] @ readout["w"] + readout["b"][None, None, :])
+        if spec.reduce == "max":  # a later chunk takes over only above the max so far: the first step wins
+            reduced = jnp.where(_first_max(out) > reduced, _first_max(out), reduced)
+        else:
+            reduced = reduced + out.sum(axis=0) if spec.reduce == "mean" else out[-1]
+        return (states, out[-1], reduced, tuple(c + s.sum(axis=0) for c, s in zip(counts, spikes))), None
+
+    dtype = readout["w"].dtype
+    logits0 = jnp.zeros((batch, spec.num_classes), dtype)
+    start = (tuple(LIFState.zeros(batch, layer.size, dtype) for layer in spec.layers), logits0,
+             jnp.full_like(logits0, -jnp.inf) if spec.reduce == "max" else logits0,
+             tuple(jnp.zeros((batch, layer.size), dtype) for layer in spec.layers))
+    (_, _, reduced, counts), _ = jax.lax.scan(step, start, jnp.arange(spec.timesteps // chunk))
+    return (reduced / spec.timesteps if spec.reduce == "mean" else reduced), counts

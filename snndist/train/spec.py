@@ -23,4 +23,5 @@ def network_spec(cfg: Config, spike_fn: SpikeFn | None = None) -> NetworkSpec:
     return NetworkSpec(
         num_inputs=d.num_inputs, num_classes=d.num_classes, timesteps=d.timesteps, dt_ms=d.dt_ms, layers=layers,
         readout_decay=math.exp(-d.dt_ms / m.readout.tau_ms), readout_init=Init(m.readout.init, m.readout.init_scale),
-        reduce=m.readout.reduce, spike_fn=spike_fn or make_spike_fn(m.surrogate, **m.surrogate_params))
+        reduce=m.readout.reduce, spike_fn=spike_fn or make_spike_fn(m.surrogate, **m.surrogate_params),
+        remat_steps=cfg.train.remat)
