@@ -60,6 +60,7 @@ CONFIGS = {"tutorial": ROOT / "configs/tutorial.yaml", "shd": ROOT / "configs/be
 # Both shapes train at the seed's rate here (bench_shd.yaml's own is 1e-3), as the peer comparison did.
 OVERRIDES = ("train.lr=0.003", "train.b1=0.9", "train.b2=0.999", "train.global_batch=256")
 PARAM_SEED, DATA_SEED = 1, 0
+WARMUP = 2  # untimed steps after the first; their losses check that the libraries train alike
 MARK_BEGIN, MARK_END = "<!-- bench_peers -->", "<!-- /bench_peers -->"
 # Library -> the pip packages its benchmark needs, for the note when one is missing.
 PEER_PACKAGES = {"brainstate": "brainstate brainpy braintools brainunit", "spyx": "spyx flax optax",
@@ -93,26 +94,26 @@ class Problem:
         """``x`` as ``[T, batch, n_in]`` float32, the peers' input layout."""
         return np.ascontiguousarray(self.x.transpose(1, 0, 2), np.float32)
 
-    @property
-    def density(self) -> float:
-        return self.cfg.data.rate_hz * self.cfg.data.dt_ms / 1000.0
-
     def describe(self) -> str:
         n_in, n, classes = self.sizes
         kind = "recurrent " if self.recurrent else ""
         return (f"{self.name}: {n_in} inputs -> {n} {kind}LIF -> {classes} classes, T={self.spec.timesteps}, "
-                f"batch {len(self.y)}, input density {self.density:g}, Adam lr {self.cfg.train.lr:g}")
+                f"batch {len(self.y)}, input density {input_density(self.cfg):g}, Adam lr {self.cfg.train.lr:g}")
 
 
 def load_problem(name: str) -> Problem:
     cfg = load_config(CONFIGS[name], OVERRIDES)
     spec = network_spec(cfg)
     check_seed_network(cfg, spec)
-    data = np.random.default_rng(DATA_SEED)
-    batch, d = cfg.train.global_batch, cfg.data
-    x = data.random((batch, d.timesteps, d.num_inputs)) < d.rate_hz * d.dt_ms / 1000.0
-    y = data.integers(0, d.num_classes, batch).astype(np.int32)
+    rng, batch, d = np.random.default_rng(DATA_SEED), cfg.train.global_batch, cfg.data
+    x = rng.random((batch, d.timesteps, d.num_inputs)) < input_density(cfg)
+    y = rng.integers(0, d.num_classes, batch).astype(np.int32)
     return Problem(name, cfg, spec, draw_params(spec, PARAM_SEED), x, y)
+
+
+def input_density(cfg: Config) -> float:
+    """The chance that an input spikes in a step: the synthetic task's rate times dt."""
+    return cfg.data.rate_hz * cfg.data.dt_ms / 1000.0
 
 
 def check_seed_network(cfg: Config, spec: NetworkSpec) -> None:
@@ -239,28 +240,35 @@ def brainstate_contenders(problem: Problem) -> list[Contender]:
             return self.o(self.r2o(self.r(self.syn(current))))
 
     x, y = jnp.asarray(problem.time_major), jnp.asarray(problem.y)
-    variants = ("split", "concat") if problem.recurrent else ("plain",)
     contenders = []
-    for variant in variants:
-        net = SNN(variant)
-        params = net.states(brainstate.ParamState)
-        optimizer = braintools.optim.Adam(lr=problem.cfg.train.lr, beta1=0.9, beta2=0.999)
-        optimizer.register_trainable_weights(params)
-
-        def loss_fn(x, y, net=net):
-            mean_readout = u.math.mean(brainstate.transform.for_loop(net.update, x), axis=0)
-            return braintools.metric.softmax_cross_entropy_with_integer_labels(mean_readout, y).mean()
-
-        @brainstate.transform.jit
-        def train_fn(x, y, net=net, params=params, optimizer=optimizer, loss_fn=loss_fn):
-            brainstate.nn.init_all_states(net, batch_size=len(problem.y))
-            grads, loss = brainstate.transform.grad(loss_fn, params, return_value=True)(x, y)
-            optimizer.update(grads)
-            return loss
-
+    for variant in ("split", "concat") if problem.recurrent else ("plain",):
         label = "brainstate" + (f" ({variant} recurrence)" if problem.recurrent else "")
-        contenders.append(Contender(label, lambda f=train_fn: jax.block_until_ready(f(x, y)), ""))
+        contenders.append(Contender(label, brainstate_step(SNN(variant), problem.cfg.train.lr, x, y), ""))
     return contenders
+
+
+def brainstate_step(net, lr: float, x, y) -> Callable[[], object]:
+    """The seed tutorial's train function for ``net``: states reset, BPTT, Adam, all in one jit."""
+    import brainstate
+    import braintools
+    import brainunit as u
+
+    params = net.states(brainstate.ParamState)
+    optimizer = braintools.optim.Adam(lr=lr, beta1=0.9, beta2=0.999)
+    optimizer.register_trainable_weights(params)
+
+    def loss_fn(x, y):
+        mean_readout = u.math.mean(brainstate.transform.for_loop(net.update, x), axis=0)
+        return braintools.metric.softmax_cross_entropy_with_integer_labels(mean_readout, y).mean()
+
+    @brainstate.transform.jit
+    def train_fn(x, y):
+        brainstate.nn.init_all_states(net, batch_size=y.shape[0])
+        grads, loss = brainstate.transform.grad(loss_fn, params, return_value=True)(x, y)
+        optimizer.update(grads)
+        return loss
+
+    return lambda: jax.block_until_ready(train_fn(x, y))
 
 
 def spyx_contender(problem: Problem) -> Contender:
@@ -398,7 +406,7 @@ def snntorch_contender(problem: Problem) -> Contender:
         optimizer.step()
         return loss.detach()  # eager on CPU: already computed
 
-    return Contender(f"snnTorch (torch {torch.__version__}, {torch.get_num_threads()} threads)", step,
+    return Contender(f"snnTorch (CPU torch, {torch.get_num_threads()} threads)", step,
                      "H(0) = 0 where the seed's is 1 (a voltage exactly at threshold)")
 
 
@@ -445,21 +453,20 @@ def spyx_expected_loss(problem: Problem) -> float:
 # ------------------------------------------------------------------------ timing
 class Timing(NamedTuple):
     ms: dict[str, list[list[float]]]  # label -> per round, each step's ms
-    first_loss: dict[str, float]  # label -> the loss of the first step, at the initial weights
+    losses: dict[str, list[float]]  # label -> the losses of the untimed first steps, from the initial weights
     compile_s: dict[str, float]  # label -> the first step's time (compilation, for the JAX libraries)
     matmul_rates: list[float]  # FLOP/s, one per round
 
 
-def run_rounds(contenders: list[Contender], rounds: int, steps: int, warmup: int = 2) -> Timing:
+def run_rounds(contenders: list[Contender], rounds: int, steps: int, warmup: int = WARMUP) -> Timing:
     """The first step of each (compiles), ``warmup`` more, then ``rounds`` rounds: a block of ``steps``
     timed steps for each contender in turn, and the matmul rate once."""
-    first_loss, compile_s = {}, {}
+    losses, compile_s = {}, {}
     for c in contenders:
         began = time.perf_counter()
-        first_loss[c.label] = float(c.step())
+        losses[c.label] = [float(c.step())]
         compile_s[c.label] = time.perf_counter() - began
-        for _ in range(warmup):
-            c.step()
+        losses[c.label] += [float(c.step()) for _ in range(warmup)]
     ms = {c.label: [] for c in contenders}
     rates = []
     for r in range(rounds):
@@ -473,7 +480,7 @@ def run_rounds(contenders: list[Contender], rounds: int, steps: int, warmup: int
         rates.append(matmul_rate())
         say(f"  round {r + 1}/{rounds}: " + ", ".join(f"{label} {statistics.median(b[-1]):.1f}"
                                                        for label, b in ms.items()) + " ms/step")
-    return Timing(ms, first_loss, compile_s, rates)
+    return Timing(ms, losses, compile_s, rates)
 
 
 def say(line: str) -> None:
@@ -488,24 +495,24 @@ def table(problem: Problem, contenders: list[Contender], timing: Timing, spyx_ex
     flops = sum(train_step_flops(problem.spec, len(problem.y)).values())
     rate = statistics.median(timing.matmul_rates)
     floor_ms = 1000.0 * flops / rate
-    base_loss = timing.first_loss[ours]
+    base = timing.losses[ours]
     lines = [f"### {problem.describe()}", "",
              "| library | ms/step (median) | round medians | time / snndist's | first step s | step-0 loss "
-             "| loss - snndist's |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+             f"| loss - snndist's: step 0 | step {WARMUP} |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for c in contenders:
         rounds = " / ".join(f"{statistics.median(b):.1f}" for b in timing.ms[c.label])
-        loss = timing.first_loss[c.label]
-        delta = "" if c.label == ours else f"{loss - base_loss:+.1e}"
+        losses = timing.losses[c.label]
+        deltas = "| | |" if c.label == ours else f"| {losses[0] - base[0]:+.1e} | {losses[-1] - base[-1]:+.1e} |"
         lines.append(f"| {c.label} | {median[c.label]:.1f} | {rounds} | {median[c.label] / median[ours]:.2f} "
-                     f"| {timing.compile_s[c.label]:.2f} | {loss:.6f} | {delta} |")
+                     f"| {timing.compile_s[c.label]:.2f} | {losses[0]:.6f} {deltas}")
     lines.append(f"| dense-matmul floor: {flops / 1e9:.2f} GFLOP at {rate / 1e9:.1f} GFLOP/s | {floor_ms:.1f} "
-                 f"| | {floor_ms / median[ours]:.2f} | | | |")
+                 f"| | {floor_ms / median[ours]:.2f} | | | | |")
     lines += ["", f"{ours}: **{median[ours] / floor_ms:.2f}x the dense-matmul floor** "
               f"(matmul rate per round: {', '.join(f'{r / 1e9:.1f}' for r in timing.matmul_rates)} GFLOP/s)."]
-    if spyx_expected is not None and "spyx" in timing.first_loss:
+    if spyx_expected is not None and "spyx" in timing.losses:
         lines.append(f"spyx's step-0 loss against snndist's forward pass with the readout one step late "
-                     f"({spyx_expected:.6f}): {timing.first_loss['spyx'] - spyx_expected:+.1e}.")
+                     f"({spyx_expected:.6f}): {timing.losses['spyx'][0] - spyx_expected:+.1e}.")
     deviations = [f"- {c.label}: {c.deviation}" for c in contenders if c.deviation]
     if deviations:
         lines += ["", "Where a model cannot be made the seed's:", *deviations]
@@ -578,11 +585,11 @@ def main() -> None:
         ours = [snndist_contender(problem, e) for e in args.encodings.split(",")]
         contenders = list({c.label: c for c in ours}.values()) + peer_contenders(problem, skipped)
         timing = run_rounds(contenders, args.rounds, args.steps)
-        spyx_expected = spyx_expected_loss(problem) if "spyx" in timing.first_loss else None
+        spyx_expected = spyx_expected_loss(problem) if "spyx" in timing.losses else None
         sections.append(table(problem, contenders, timing, spyx_expected))
         print(sections[-1] + "\n", flush=True)
     if skipped:
-        sections.append("\n".join(skipped))
+        sections.append("\n".join(f"- {note}" for note in skipped))
         print("\n".join(skipped))
     if args.write:
         write_section(Path(args.write), "\n\n".join(sections))

@@ -45,6 +45,7 @@ LrSchedule = Literal["constant", "cosine", "linear"]
 GradSync = Literal["coordinator", "xla"]
 Split = Literal["train", "valid", "test"]
 BestMode = Literal["min", "max"]
+Precision = Literal["f32", "bf16"]
 WandbMode = Literal["online", "offline", "disabled"]
 WandbOnError = Literal["offline", "disable", "fail"]
 Accelerator = Literal["auto", "cpu", "gpu", "tpu"]
@@ -175,6 +176,9 @@ class TrainConfig:
     eval_every: int = resumable(0)  # steps; 0: only at the end
     eval_split: Split = resumable("train")
     eval_batch: int = resumable(256)
+    # The matrix products' inputs: f32, or bf16 with f32 accumulation (for accelerators; the state and the
+    # elementwise math stay f32).
+    precision: Precision = added("f32")
     # Walk through time in chunks of this many steps, each recomputed in the backward pass: memory grows
     # with T / remat + remat instead of T, for about one more forward pass (0: off). The same math; the
     # sums over time are added chunk by chunk, so results may differ in the last bits, and a resume may

@@ -44,11 +44,12 @@ def test_every_choice_has_an_implementation():
 
     from snndist.data.datasets import DATASETS
     from snndist.model.network import INIT_DISTRIBUTIONS, REDUCTIONS
+    from snndist.model.precision import MATMUL_DTYPES
     from snndist.train.optim import OPTIMIZERS, SCHEDULES
 
     for literal, table in ((config_module.Optimizer, OPTIMIZERS), (config_module.LrSchedule, SCHEDULES),
                            (config_module.ReadoutReduce, REDUCTIONS), (config_module.WeightInit, INIT_DISTRIBUTIONS),
-                           (config_module.DataKind, DATASETS)):
+                           (config_module.DataKind, DATASETS), (config_module.Precision, MATMUL_DTYPES)):
         assert set(typing.get_args(literal)) == set(table), literal
 
 

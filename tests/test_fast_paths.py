@@ -112,3 +112,23 @@ def test_remat_memory_grows_with_the_chunk_not_with_t():
 
     plain, remat = temp_bytes([]), temp_bytes(["train.remat=20"])
     assert remat < 0.15 * plain, (remat, plain)
+
+
+def test_bf16_products_stay_close_to_f32():
+    overrides = ["data.num_inputs=64", "data.timesteps=40", "model.layers[0].size=32"]
+    f32 = network_spec(load_config("configs/bench_shd.yaml", overrides))
+    bf16 = network_spec(load_config("configs/bench_shd.yaml", [*overrides, "train.precision=bf16"]))
+    params = init_params(jax.random.PRNGKey(9), f32)
+    x = jax.random.bernoulli(jax.random.PRNGKey(10), 0.1, (16, 40, 64))
+    y = jnp.arange(16) % f32.num_classes
+
+    def loss_and_grads(spec):
+        return jax.value_and_grad(lambda p: loss_fn(p, x, y, spec)[0])(params)
+
+    (loss32, grads32), (loss16, grads16) = loss_and_grads(f32), loss_and_grads(bf16)
+    assert loss16 != loss32, "the bf16 path must round something"
+    # bf16 keeps 8 bits of mantissa: ~0.4% per product; a spike flipped by it moves the loss a little more.
+    np.testing.assert_allclose(loss16, loss32, rtol=1e-2)
+    flat32, flat16 = (jnp.concatenate([g.ravel() for g in jax.tree.leaves(t)]) for t in (grads32, grads16))
+    cosine = flat32 @ flat16 / (jnp.linalg.norm(flat32) * jnp.linalg.norm(flat16))
+    assert cosine > 0.98, float(cosine)

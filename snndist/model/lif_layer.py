@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from snndist.model.neurons import LIFSpec, LIFState, lif_step
+from snndist.model.precision import matmul
 from snndist.model.surrogate import SpikeFn
 
 LayerOut = tuple[jax.Array, jax.Array, LIFState]  # voltages, spikes [T, batch, n]; the state after the last step
@@ -82,7 +83,7 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, residuals, cotangents):
         du_next = lif.mem_decay * du
         c_s = -(scale if drop_t is None else drop_t) * du_next
         if w_back is not None:
-            c_s = c_s + di @ w_back
+            c_s = c_s + matmul(di, w_back, lif.matmul_dtype)
         return (lif.syn_decay * di, du_next, c_s), di
 
     (c_i, c_u, c_s), d_drive = jax.lax.scan(step, (g_last.i, g_last.u, g_last.s),
@@ -92,7 +93,7 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, residuals, cotangents):
         return d_drive, None, d_start
     steps, batch, size = spikes.shape
     previous = jnp.concatenate([start.s[None], spikes[:-1]]).reshape(steps * batch, size)
-    return d_drive, previous.T @ d_drive.reshape(steps * batch, size), d_start
+    return d_drive, matmul(previous.T, d_drive.reshape(steps * batch, size), lif.matmul_dtype), d_start
 
 
 lif_layer.defvjp(_forward, _backward)

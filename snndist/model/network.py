@@ -26,6 +26,7 @@ import optax
 from snndist.model.inputs import SpikeEvents
 from snndist.model.lif_layer import lif_layer
 from snndist.model.neurons import LIFSpec, LIFState
+from snndist.model.precision import matmul
 from snndist.model.surrogate import SpikeFn
 
 # (lif, spike_fn, drive [T, batch, n], w_rec or None, start) -> (voltages, spikes [T, batch, n], last state)
@@ -71,6 +72,7 @@ class NetworkSpec(NamedTuple):
     readout_init: Init
     reduce: str  # a key of REDUCTIONS
     spike_fn: SpikeFn
+    matmul_dtype: Optional[jnp.dtype] = None  # the products' inputs (precision.MATMUL_DTYPES); None: as they are
     remat_steps: int = 0  # the loss walks through time in chunks of this many steps, recomputed backward; 0: off
 
     @property
@@ -115,7 +117,8 @@ class Trace(NamedTuple):
     logits: jax.Array  # [batch, classes], readout reduced over time
 
 
-def input_drive(x: jax.Array | SpikeEvents, w: jax.Array, b: jax.Array, timesteps: int) -> jax.Array:
+def input_drive(x: jax.Array | SpikeEvents, w: jax.Array, b: jax.Array, timesteps: int,
+                matmul_dtype: Optional[jnp.dtype] = None) -> jax.Array:
     """``W x_t + b`` for every step, time-major ``[T, batch, h]``, from dense or event input."""
     if isinstance(x, SpikeEvents):
         # Per sample: W[unit] added at row t of a [T, h] drive; padding (t = T) is dropped.
@@ -127,8 +130,8 @@ def input_drive(x: jax.Array | SpikeEvents, w: jax.Array, b: jax.Array, timestep
     # batched forms. (Flattening T and batch would make XLA's partitioner
     # gather a sharded batch; the steps run this per device, in shard_map.)
     batch, steps, n = x.shape
-    x2d = x.transpose(1, 0, 2).reshape(steps * batch, n).astype(w.dtype)
-    return (x2d @ w).reshape(steps, batch, -1) + b[None, None, :]
+    x2d = x.transpose(1, 0, 2).reshape(steps * batch, n).astype(matmul_dtype or w.dtype)
+    return matmul(x2d, w, matmul_dtype).reshape(steps, batch, -1) + b[None, None, :]
 
 
 def hidden_layers(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec, layer_fn: LayerFn = lif_layer,
@@ -141,13 +144,13 @@ def hidden_layers(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec, l
     ``timesteps``: how many steps ``x`` covers (default: the spec's).
     """
     first = params["hidden0"]
-    drive = input_drive(x, first["w"], first["b"], timesteps or spec.timesteps)
+    drive = input_drive(x, first["w"], first["b"], timesteps or spec.timesteps, spec.matmul_dtype)
     batch = drive.shape[1]
     voltages, spikes, lasts = [], [], []
     for i, (name, layer) in enumerate(zip(spec.names, spec.layers)):
         p = params[name]
         if i:
-            drive = spikes[-1] @ p["w"] + p["b"][None, None, :]
+            drive = matmul(spikes[-1], p["w"], spec.matmul_dtype) + p["b"][None, None, :]
         start = starts[i] if starts else LIFState.zeros(batch, layer.size, drive.dtype)
         u, s, last = layer_fn(layer.lif, spec.spike_fn, drive, p.get("v"), start)
         voltages.append(u)
@@ -159,7 +162,7 @@ def hidden_layers(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec, l
 def forward(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec, layer_fn: LayerFn = lif_layer) -> Trace:
     """Run the network over a batch of spike trains (dense ``[batch, T, n_in]`` or events), keeping every step."""
     voltages, spikes, _ = hidden_layers(params, x, spec, layer_fn)
-    out_drive = spikes[-1] @ params["readout"]["w"] + params["readout"]["b"][None, None, :]
+    out_drive = matmul(spikes[-1], params["readout"]["w"], spec.matmul_dtype) + params["readout"]["b"][None, None, :]
     readout = _integrate(spec.readout_decay, jnp.zeros_like(out_drive[0]), out_drive)
     return Trace(voltages, spikes, readout, REDUCTIONS[spec.reduce](readout))
 
@@ -183,10 +186,11 @@ def readout_logits(params: dict, spikes: jax.Array, spec: NetworkSpec) -> jax.Ar
     readout = params["readout"]
     steps = spikes.shape[0]
     if spec.reduce == "max":
-        out_drive = spikes @ readout["w"] + readout["b"][None, None, :]
+        out_drive = matmul(spikes, readout["w"], spec.matmul_dtype) + readout["b"][None, None, :]
         return _first_max(_integrate(spec.readout_decay, jnp.zeros_like(out_drive[0]), out_drive))
     weights = jnp.asarray(readout_weights(spec.readout_decay, steps, spec.reduce), spikes.dtype)
-    return jnp.einsum("t,tbn->bn", weights, spikes) @ readout["w"] + (weights.sum() * readout["b"])[None, :]
+    return (matmul(jnp.einsum("t,tbn->bn", weights, spikes), readout["w"], spec.matmul_dtype)
+            + (weights.sum() * readout["b"])[None, :])
 
 
 def readout_weights(decay: float, steps: int, reduce: str) -> np.ndarray:
@@ -276,7 +280,8 @@ def _in_chunks(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[j
     def step(carry, k):
         states, o, reduced, counts = carry
         _, spikes, states = hidden_layers(params, piece(k), spec, layer_fn, states, chunk)
-        out = _integrate(spec.readout_decay, o, spikes[-1] @ readout["w"] + readout["b"][None, None, :])
+        out = _integrate(spec.readout_decay, o,
+                         matmul(spikes[-1], readout["w"], spec.matmul_dtype) + readout["b"][None, None, :])
         if spec.reduce == "max":  # a later chunk takes over only above the max so far: the first step wins
             reduced = jnp.where(_first_max(out) > reduced, _first_max(out), reduced)
         else:

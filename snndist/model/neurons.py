@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from snndist.model.precision import matmul
 from snndist.model.surrogate import SpikeFn
 
 
@@ -20,12 +21,13 @@ class LIFSpec(NamedTuple):
     v_rest: float
     resistance: float
     soft_reset: bool
+    matmul_dtype: Optional[jnp.dtype] = None  # the recurrent product's inputs (precision.MATMUL_DTYPES)
 
     @classmethod
     def create(cls, *, dt_ms, tau_mem_ms, tau_syn_ms, threshold=1.0, v_reset=0.0,
-               v_rest=0.0, resistance=1.0, reset="soft") -> "LIFSpec":
+               v_rest=0.0, resistance=1.0, reset="soft", matmul_dtype=None) -> "LIFSpec":
         return cls(math.exp(-dt_ms / tau_syn_ms), math.exp(-dt_ms / tau_mem_ms), threshold,
-                   v_reset, v_rest, resistance, reset == "soft")
+                   v_reset, v_rest, resistance, reset == "soft", matmul_dtype)
 
 
 class LIFState(NamedTuple):
@@ -69,7 +71,7 @@ def lif_step(spec: LIFSpec, spike_fn: SpikeFn, w_rec: Optional[jax.Array],
     """
     current = spec.syn_decay * state.i + drive
     if w_rec is not None:
-        current = current + state.s @ w_rec
+        current = current + matmul(state.s, w_rec, spec.matmul_dtype)
     drop = spec.threshold - spec.v_reset if spec.soft_reset else jax.lax.stop_gradient(state.u) - spec.v_reset
     u = state.u - drop * state.s
     u = spec.v_rest + (u - spec.v_rest) * spec.mem_decay + (1.0 - spec.mem_decay) * spec.resistance * current
