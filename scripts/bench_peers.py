@@ -3,6 +3,7 @@
     python scripts/bench_peers.py                                # tutorial and shd, 3 rounds
     python scripts/bench_peers.py --configs shd --rounds 1 --steps 3
     python scripts/bench_peers.py --encodings dense,events       # time both snndist input paths
+    python scripts/bench_peers.py --peers spyx --steps 5         # snndist against one peer
     python scripts/bench_peers.py --write BENCHMARKS.md          # also record the tables there
 
 The peers come from the optional extra ``pip install -e '.[bench]'``:
@@ -15,11 +16,13 @@ A peer that is not importable is skipped with a note. Each library builds
 the seed's network (``configs/tutorial.yaml``: 100 inputs -> 4 LIF -> 2
 classes, T=200; ``configs/bench_shd.yaml``: 700 -> 256 recurrent LIF -> 20,
 T=100; batch 256, Adam 3e-3 for both) from the same numpy-drawn initial
-weights and spikes, and its step-0 loss is printed next to snndist's. Each
-step (forward, BPTT, Adam) is timed with its batch already on the device and
+weights and spikes; its losses at step 0 and after two updates are printed
+next to snndist's, with what could not be made identical. Each step
+(forward, BPTT, Adam) is timed with its batch already on the device and
 waited for. The libraries take turns in rounds, a block of ``--steps`` steps
-each, because this machine's speed drifts by tens of percent within minutes;
-the ratios within one run are the figures to read. The dense-matmul floor is
+each (cut short after ``--block-s`` seconds), because a machine's speed
+drifts by tens of percent within minutes; the ratios within one run are the
+figures to read. The dense-matmul floor is
 the step's matrix-product FLOPs (``snndist.model.flops``) at the float32
 matmul rate measured once per round in the same run.
 """
@@ -36,8 +39,9 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +68,7 @@ WARMUP = 2  # untimed steps after the first; their losses check that the librari
 MARK_BEGIN, MARK_END = "<!-- bench_peers -->", "<!-- /bench_peers -->"
 # Library -> the pip packages its benchmark needs, for the note when one is missing.
 PEER_PACKAGES = {"brainstate": "brainstate brainpy braintools brainunit", "spyx": "spyx flax optax",
-                 "snntorch": "snntorch torch (CPU build)"}
+                 "snntorch": "snntorch torch (its CPU wheel)"}
 VERSIONED = ("jax", "jaxlib", "optax", "snndist", "brainstate", "brainpy", "braintools", "brainunit", "spyx",
              "flax", "torch", "snntorch")
 
@@ -207,7 +211,7 @@ def brainstate_contenders(problem: Problem) -> list[Contender]:
     import brainunit as u
 
     brainstate.environ.set(dt=problem.cfg.data.dt_ms * u.ms)
-    n_in, n, classes = problem.sizes
+    _, n, classes = problem.sizes
     layer, k = problem.cfg.model.layers[0], decays(problem)
     tau_out = -problem.cfg.data.dt_ms / math.log(k.out)
     hidden, readout = problem.params["hidden0"], problem.params["readout"]
@@ -407,16 +411,19 @@ def snntorch_contender(problem: Problem) -> Contender:
         return loss.detach()  # eager on CPU: already computed
 
     return Contender(f"snnTorch (CPU torch, {torch.get_num_threads()} threads)", step,
-                     "H(0) = 0 where the seed's is 1 (a voltage exactly at threshold)")
+                     "H(0) = 0 where the seed's is 1 (a voltage exactly at threshold); where a voltage is still at or "
+                     "above threshold after its reset (U >= 2 theta), its next firing test subtracts the threshold "
+                     "once more")
 
 
 PEERS = {"brainstate": brainstate_contenders, "spyx": lambda p: [spyx_contender(p)],
          "snntorch": lambda p: [snntorch_contender(p)]}
 
 
-def peer_contenders(problem: Problem, skipped: list[str]) -> list[Contender]:
+def peer_contenders(problem: Problem, names: list[str], skipped: list[str]) -> list[Contender]:
     contenders = []
-    for name, build in PEERS.items():
+    for name in names:
+        build = PEERS[name]
         try:
             contenders += build(problem)
         except ImportError as err:
@@ -458,9 +465,10 @@ class Timing(NamedTuple):
     matmul_rates: list[float]  # FLOP/s, one per round
 
 
-def run_rounds(contenders: list[Contender], rounds: int, steps: int, warmup: int = WARMUP) -> Timing:
-    """The first step of each (compiles), ``warmup`` more, then ``rounds`` rounds: a block of ``steps``
-    timed steps for each contender in turn, and the matmul rate once."""
+def run_rounds(contenders: list[Contender], rounds: int, steps: int, block_s: float,
+               warmup: int = WARMUP) -> Timing:
+    """The first step of each (compiles), ``warmup`` more, then ``rounds`` rounds: a block of timed steps
+    for each contender in turn, and the matmul rate once."""
     losses, compile_s = {}, {}
     for c in contenders:
         began = time.perf_counter()
@@ -471,16 +479,22 @@ def run_rounds(contenders: list[Contender], rounds: int, steps: int, warmup: int
     rates = []
     for r in range(rounds):
         for c in contenders:
-            block = []
-            for _ in range(steps):
-                began = time.perf_counter()
-                c.step()
-                block.append(1000.0 * (time.perf_counter() - began))
-            ms[c.label].append(block)
+            ms[c.label].append(time_block(c.step, steps, block_s))
         rates.append(matmul_rate())
         say(f"  round {r + 1}/{rounds}: " + ", ".join(f"{label} {statistics.median(b[-1]):.1f}"
                                                        for label, b in ms.items()) + " ms/step")
     return Timing(ms, losses, compile_s, rates)
+
+
+def time_block(step: Callable[[], object], steps: int, block_s: float, at_least: int = 3) -> list[float]:
+    """ms of each of ``steps`` steps, fewer (but ``at_least``) once the block has run ``block_s`` seconds:
+    eager torch can be a hundred times slower than the rest on a busy machine, and a run should stay short."""
+    times: list[float] = []
+    while len(times) < steps and (len(times) < at_least or sum(times) < 1000.0 * block_s):
+        began = time.perf_counter()
+        step()
+        times.append(1000.0 * (time.perf_counter() - began))
+    return times
 
 
 def say(line: str) -> None:
@@ -490,26 +504,29 @@ def say(line: str) -> None:
 # ------------------------------------------------------------------------ report
 def table(problem: Problem, contenders: list[Contender], timing: Timing, spyx_expected: float | None) -> str:
     """One config's markdown: libraries, the floor, the loss check, the deviations."""
-    median = {label: statistics.median([t for block in blocks for t in block]) for label, blocks in timing.ms.items()}
+    pooled = {label: [t for block in blocks for t in block] for label, blocks in timing.ms.items()}
+    median = {label: statistics.median(times) for label, times in pooled.items()}
     ours = contenders[0].label  # the reference: snndist with the encoding its loader picks
     flops = sum(train_step_flops(problem.spec, len(problem.y)).values())
     rate = statistics.median(timing.matmul_rates)
     floor_ms = 1000.0 * flops / rate
     base = timing.losses[ours]
     lines = [f"### {problem.describe()}", "",
-             "| library | ms/step (median) | round medians | time / snndist's | first step s | step-0 loss "
-             f"| loss - snndist's: step 0 | step {WARMUP} |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+             row("library", "ms/step (median)", "round medians", "time / snndist's", "steps timed",
+                 "first step s", "step-0 loss", "loss - snndist's: step 0", f"step {WARMUP}"),
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for c in contenders:
-        rounds = " / ".join(f"{statistics.median(b):.1f}" for b in timing.ms[c.label])
         losses = timing.losses[c.label]
-        deltas = "| | |" if c.label == ours else f"| {losses[0] - base[0]:+.1e} | {losses[-1] - base[-1]:+.1e} |"
-        lines.append(f"| {c.label} | {median[c.label]:.1f} | {rounds} | {median[c.label] / median[ours]:.2f} "
-                     f"| {timing.compile_s[c.label]:.2f} | {losses[0]:.6f} {deltas}")
-    lines.append(f"| dense-matmul floor: {flops / 1e9:.2f} GFLOP at {rate / 1e9:.1f} GFLOP/s | {floor_ms:.1f} "
-                 f"| | {floor_ms / median[ours]:.2f} | | | | |")
-    lines += ["", f"{ours}: **{median[ours] / floor_ms:.2f}x the dense-matmul floor** "
-              f"(matmul rate per round: {', '.join(f'{r / 1e9:.1f}' for r in timing.matmul_rates)} GFLOP/s)."]
+        deltas = ("", "") if c.label == ours else (f"{losses[0] - base[0]:+.1e}", f"{losses[-1] - base[-1]:+.1e}")
+        lines.append(row(c.label, f"{median[c.label]:.1f}",
+                         " / ".join(f"{statistics.median(b):.1f}" for b in timing.ms[c.label]),
+                         f"{median[c.label] / median[ours]:.2f}", len(pooled[c.label]),
+                         f"{timing.compile_s[c.label]:.2f}", f"{losses[0]:.6f}", *deltas))
+    lines.append(row(f"dense-matmul floor: {flops / 1e9:.2f} GFLOP at {rate / 1e9:.1f} GFLOP/s", f"{floor_ms:.1f}",
+                     "", f"{floor_ms / median[ours]:.2f}", "", "", "", "", ""))
+    rates = ", ".join(f"{r / 1e9:.1f}" for r in timing.matmul_rates)
+    lines += ["", (f"{ours}: **{median[ours] / floor_ms:.2f}x the dense-matmul floor** "
+                  f"(float32 matmul rate per round: {rates} GFLOP/s).")]
     if spyx_expected is not None and "spyx" in timing.losses:
         lines.append(f"spyx's step-0 loss against snndist's forward pass with the readout one step late "
                      f"({spyx_expected:.6f}): {timing.losses['spyx'][0] - spyx_expected:+.1e}.")
@@ -519,20 +536,32 @@ def table(problem: Problem, contenders: list[Contender], timing: Timing, spyx_ex
     return "\n".join(lines)
 
 
+def row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def header(args: argparse.Namespace) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     versions = ", ".join(f"{name} {v}" for name in VERSIONED if (v := version(name)))
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {jax.devices()[0].platform}; python {platform.python_version()}"
     return "\n".join([
         "## Peer libraries: `python scripts/bench_peers.py`", "",
-        f"- date: {now}; machine: {cpu_model()}, {os.cpu_count()} cores, "
-        f"{jax.devices()[0].platform} device; python {platform.python_version()}",
+        f"- date: {now}; machine: {machine}",
         f"- versions: {versions}",
-        f"- command: `python scripts/bench_peers.py --configs {args.configs} --rounds {args.rounds} "
-        f"--steps {args.steps}{' --encodings ' + args.encodings if args.encodings != 'auto' else ''}`",
-        "- ms/step: one full train step (forward, BPTT, Adam), its batch on the device, waited for; median of "
-        f"{args.rounds} interleaved rounds x {args.steps} steps. Identical initial weights and input spikes in "
-        "every library; the step-0 loss checks that each computes the same network.",
+        f"- command: `{command(args)}`",
+        (f"- ms/step: one full train step (forward, BPTT, Adam), its batch on the device, waited for; median over "
+        f"{args.rounds} interleaved rounds of up to {args.steps} steps per library (a block stops after "
+        f"{args.block_s:g} s). Identical initial weights and input spikes in every library; the step-0 loss "
+        f"checks that each computes the same network, the step-{WARMUP} loss that each trains alike."),
     ])
+
+
+def command(args: argparse.Namespace) -> str:
+    """The command line that repeats this run (without ``--write``)."""
+    line = (f"python scripts/bench_peers.py --configs {args.configs} --rounds {args.rounds} --steps {args.steps} "
+            f"--block-s {args.block_s:g}")
+    line += f" --encodings {args.encodings}" if args.encodings != "auto" else ""
+    return line + (f" --peers {args.peers}" if args.peers != ",".join(PEERS) else "")
 
 
 def version(package: str) -> str | None:
@@ -569,22 +598,29 @@ def main() -> None:
     parser.add_argument("--configs", default="tutorial,shd", help="comma-separated: " + ", ".join(CONFIGS))
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per library per round")
+    parser.add_argument("--block-s", type=float, default=30.0,
+                        help="a library's block in a round stops after this many seconds (but 3 steps)")
     parser.add_argument("--encodings", default="auto",
                         help="snndist input paths to time, comma-separated: auto (the loader's choice), dense, events")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated: " + ", ".join(PEERS))
     parser.add_argument("--write", metavar="FILE", help="also write the tables between markers in FILE")
     args = parser.parse_args()
     names = args.configs.split(",")
+    peers = [p for p in args.peers.split(",") if p]
     if unknown := set(names) - set(CONFIGS):
         parser.error(f"unknown config(s) {', '.join(sorted(unknown))}; known: {', '.join(CONFIGS)}")
+    if unknown := set(peers) - set(PEERS):
+        parser.error(f"unknown peer(s) {', '.join(sorted(unknown))}; known: {', '.join(PEERS)}")
 
     skipped: list[str] = []
     sections = [header(args)]
+    print(sections[0] + "\n", flush=True)
     for name in names:
         problem = load_problem(name)
         say(f"{problem.describe()}: building and compiling")
         ours = [snndist_contender(problem, e) for e in args.encodings.split(",")]
-        contenders = list({c.label: c for c in ours}.values()) + peer_contenders(problem, skipped)
-        timing = run_rounds(contenders, args.rounds, args.steps)
+        contenders = list({c.label: c for c in ours}.values()) + peer_contenders(problem, peers, skipped)
+        timing = run_rounds(contenders, args.rounds, args.steps, args.block_s)
         spyx_expected = spyx_expected_loss(problem) if "spyx" in timing.losses else None
         sections.append(table(problem, contenders, timing, spyx_expected))
         print(sections[-1] + "\n", flush=True)

@@ -19,13 +19,15 @@ import numpy as np
 from snndist.config import Config
 from snndist.data.order import plan_shards
 from snndist.model.flops import train_step_flops
+from snndist.model.precision import MATMUL_DTYPES, matmul
 from snndist.train.local import LocalRunner
 
 
-def matmul_rate(size: int = 4096, repeats: int = 3) -> float:
-    """FLOP/s of a jitted ``size``-cubed float32 matmul on the default device (median of ``repeats``)."""
+def matmul_rate(size: int = 4096, repeats: int = 3, dtype=None) -> float:
+    """FLOP/s of a jitted ``size``-cubed matmul on the default device (median of ``repeats``): float32, or
+    ``dtype`` inputs accumulated in float32 as the step's products are (``model.precision``)."""
     a = jnp.ones((size, size), jnp.float32)
-    product = jax.jit(lambda m: m @ m)
+    product = jax.jit(lambda m: matmul(m, m, dtype))
     product(a).block_until_ready()
     times = []
     for _ in range(repeats):
@@ -54,13 +56,14 @@ def bench(cfg: Config, steps: int = 20, say: Callable[[str], None] = print) -> d
         if (i + 1) % max(1, steps // 4) == 0:
             say(f"  {i + 1}/{steps} steps timed")
     ms = 1000.0 * statistics.median(times)
-    say("measuring this machine's matmul rate")
-    rate = matmul_rate()
+    say(f"measuring this machine's matmul rate ({cfg.train.precision})")
+    rate = matmul_rate(dtype=MATMUL_DTYPES[cfg.train.precision])
     flops = sum(train_step_flops(runner.replica.spec, batch).values())
     device = jax.devices()[0]
     return {"ms_per_step": ms, "samples_per_s": batch / (ms / 1000.0), "compile_s": compile_s,
             "peak_memory_bytes": _peak_memory(runner, batch), "flop_floor_ms": 1000.0 * flops / rate,
             "step_gflop": flops / 1e9, "matmul_gflop_per_s": rate / 1e9,
+            "precision": cfg.train.precision,
             "device": f"{device.platform} ({device.device_kind}) x {runner.replica.local_devices}"}
 
 
@@ -82,6 +85,6 @@ def format_report(result: dict) -> str:
         f"train step        {result['ms_per_step']:.2f} ms  ({result['samples_per_s']:.0f} samples/s)",
         f"peak memory       {gib:.3f} GiB",
         f"dense-matmul floor {result['flop_floor_ms']:.2f} ms  ({result['step_gflop']:.3f} GFLOP at "
-        f"{result['matmul_gflop_per_s']:.1f} GFLOP/s measured here); step / floor = "
+        f"{result['matmul_gflop_per_s']:.1f} GFLOP/s {result['precision']} measured here); step / floor = "
         f"{result['ms_per_step'] / result['flop_floor_ms']:.2f}",
     ])
