@@ -16,22 +16,27 @@ pytestmark = pytest.mark.usefixtures("strict_dtypes")
 
 @pytest.mark.parametrize("reset", ["soft", "hard"])
 @pytest.mark.parametrize("recurrent", [True, False])
-def test_the_layers_own_backward_pass_equals_autodiff_of_the_scan(reset, recurrent):
+@pytest.mark.parametrize("inputs", ["spikes", "drive"])
+def test_the_layers_own_backward_pass_equals_autodiff_of_the_scan(reset, recurrent, inputs):
     lif = LIFSpec.create(dt_ms=1.0, tau_mem_ms=8.0, tau_syn_ms=4.0, threshold=1.0, v_reset=-0.2, v_rest=0.1,
                          resistance=1.3, reset=reset)
     spike = make_spike_fn("fast_sigmoid")
-    k = jax.random.split(jax.random.PRNGKey(0), 6)
-    drive = 0.8 * jax.random.normal(k[0], (40, 3, 7)) + 0.6
+    k = jax.random.split(jax.random.PRNGKey(0), 8)
+    if inputs == "spikes":  # spikes of a layer below, times W plus b inside the layer
+        x = jax.random.bernoulli(k[0], 0.3, (40, 3, 5)).astype(jnp.float32)
+        w, b = 1.2 * jax.random.normal(k[6], (5, 7)), 0.3 + 0.1 * jax.random.normal(k[7], (7,))
+    else:  # the drive itself (event input)
+        x, w, b = 0.8 * jax.random.normal(k[0], (40, 3, 7)) + 0.6, None, None
     w_rec = 0.5 * jax.random.normal(k[1], (7, 7)) if recurrent else None
     # A state to start from and cotangents on every output (the voltages' and the last state's too,
     # which one chunk of a longer run receives): all of the backward pass is checked.
     start = LIFState(*(jax.random.normal(key, (3, 7)) for key in jax.random.split(k[2], 3)))
     start = start._replace(s=(start.s > 0.5).astype(jnp.float32))
-    g_u, g_s = jax.random.normal(k[3], drive.shape), jax.random.normal(k[4], drive.shape)
+    g_u, g_s = jax.random.normal(k[3], (40, 3, 7)), jax.random.normal(k[4], (40, 3, 7))
     g_last = LIFState(*(jax.random.normal(key, (3, 7)) for key in jax.random.split(k[5], 3)))
 
     def pulled(layer):
-        (u, s, last), vjp = jax.vjp(lambda d, v, s0: layer(lif, spike, d, v, s0), drive, w_rec, start)
+        (u, s, last), vjp = jax.vjp(lambda *a: layer(lif, spike, True, *a), x, w, b, w_rec, start)
         return (u, s), vjp((g_u, g_s, g_last))
 
     (u0, s0), grads0 = pulled(scanned_layer)

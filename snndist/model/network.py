@@ -10,8 +10,7 @@ Inputs are spike trains, either dense ``x: [batch, T, n_in]`` (bool or
 float) or ``SpikeEvents`` (padded event lists, for sparse inputs), and
 integer labels ``y: [batch]``. Each layer runs over all of time before the next one
 starts (layers have no delays, so this is the same math as stepping them
-together), which lets every layer's input projection be one matmul outside
-its ``lax.scan``.
+together); ``model.lif_layer`` is one layer over time.
 """
 from __future__ import annotations
 
@@ -29,9 +28,9 @@ from snndist.model.neurons import LIFSpec, LIFState
 from snndist.model.precision import matmul
 from snndist.model.surrogate import SpikeFn
 
-# (lif, spike_fn, drive [T, batch, n], w_rec or None, start) -> (voltages, spikes [T, batch, n], last state)
-LayerFn = Callable[[LIFSpec, SpikeFn, jax.Array, Optional[jax.Array], LIFState],
-                   tuple[jax.Array, jax.Array, LIFState]]
+# (lif, spike_fn, input_grad, inputs [T, batch, n_in], w, b, w_rec, start) -> (voltages, spikes, last state);
+# see lif_layer.scanned_layer
+LayerFn = Callable[..., tuple[jax.Array, jax.Array, LIFState]]
 
 
 class Init(NamedTuple):
@@ -117,21 +116,13 @@ class Trace(NamedTuple):
     logits: jax.Array  # [batch, classes], readout reduced over time
 
 
-def input_drive(x: jax.Array | SpikeEvents, w: jax.Array, b: jax.Array, timesteps: int,
-                matmul_dtype: Optional[jnp.dtype] = None) -> jax.Array:
-    """``W x_t + b`` for every step, time-major ``[T, batch, h]``, from dense or event input."""
-    if isinstance(x, SpikeEvents):
-        # Per sample: W[unit] added at row t of a [T, h] drive; padding (t = T) is dropped.
-        def one_sample(times, units):
-            return jnp.zeros((timesteps, w.shape[1]), w.dtype).at[times].add(w[units], mode="drop")
+def event_drive(x: SpikeEvents, w: jax.Array, b: jax.Array, timesteps: int) -> jax.Array:
+    """``W x_t + b`` for every step, time-major ``[T, batch, h]``, from event lists."""
+    # Per sample: W[unit] added at row t of a [T, h] drive; padding (t = T) is dropped.
+    def one_sample(times, units):
+        return jnp.zeros((timesteps, w.shape[1]), w.dtype).at[times].add(w[units], mode="drop")
 
-        return jax.vmap(one_sample)(x.times, x.units).transpose(1, 0, 2) + b[None, None, :]
-    # Time-major first, then one plain 2-D matmul: on CPU 1.2-1.8x faster than
-    # batched forms. (Flattening T and batch would make XLA's partitioner
-    # gather a sharded batch; the steps run this per device, in shard_map.)
-    batch, steps, n = x.shape
-    x2d = x.transpose(1, 0, 2).reshape(steps * batch, n).astype(matmul_dtype or w.dtype)
-    return matmul(x2d, w, matmul_dtype).reshape(steps, batch, -1) + b[None, None, :]
+    return jax.vmap(one_sample)(x.times, x.units).transpose(1, 0, 2) + b[None, None, :]
 
 
 def hidden_layers(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec, layer_fn: LayerFn = lif_layer,
@@ -144,15 +135,19 @@ def hidden_layers(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec, l
     ``timesteps``: how many steps ``x`` covers (default: the spec's).
     """
     first = params["hidden0"]
-    drive = input_drive(x, first["w"], first["b"], timesteps or spec.timesteps, spec.matmul_dtype)
-    batch = drive.shape[1]
+    if isinstance(x, SpikeEvents):  # the first layer takes its drive, made from the events
+        inputs, w, b = event_drive(x, first["w"], first["b"], timesteps or spec.timesteps), None, None
+    else:  # time-major spikes; the layer multiplies them step by step
+        inputs, w, b = jnp.swapaxes(x, 0, 1), first["w"], first["b"]
+    batch = inputs.shape[1]
     voltages, spikes, lasts = [], [], []
     for i, (name, layer) in enumerate(zip(spec.names, spec.layers)):
         p = params[name]
         if i:
-            drive = matmul(spikes[-1], p["w"], spec.matmul_dtype) + p["b"][None, None, :]
-        start = starts[i] if starts else LIFState.zeros(batch, layer.size, drive.dtype)
-        u, s, last = layer_fn(layer.lif, spec.spike_fn, drive, p.get("v"), start)
+            inputs, w, b = spikes[-1], p["w"], p["b"]
+        start = starts[i] if starts else LIFState.zeros(batch, layer.size, first["w"].dtype)
+        # The first layer's spikes need no gradient: they are data.
+        u, s, last = layer_fn(layer.lif, spec.spike_fn, i > 0, inputs, w, b, p.get("v"), start)
         voltages.append(u)
         spikes.append(s)
         lasts.append(last)
