@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from snndist.model.neurons import LIFSpec, LIFState, lif_step
 from snndist.model.precision import matmul
+from snndist.model.sums import sum_leading
 from snndist.model.surrogate import SpikeFn
 
 LayerOut = tuple[jax.Array, jax.Array, LIFState]  # voltages, spikes [T, batch, n]; the state after the last step
@@ -105,13 +106,13 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
         else:
             d_w = d_w + matmul(x_t.astype(dtype).T, di, lif.matmul_dtype)
             d_x = matmul(di, w_back, lif.matmul_dtype) if input_grad else None
-        return (lif.syn_decay * di, du_next, c_s, d_w, d_v), (di.sum(axis=0), d_x)
+        return (lif.syn_decay * di, du_next, c_s, d_w, d_v), (sum_leading(di), d_x)
 
     (c_i, c_u, c_s, d_w, d_v), (d_b, d_inputs) = jax.lax.scan(
         step, (g_last.i, g_last.u, g_last.s, zeros(w), zeros(w_rec)),
         (g_voltages, g_spikes, voltages, before, previous, inputs), reverse=True)
     d_inputs = d_inputs if input_grad or w is None else None
-    return d_inputs, d_w, None if b is None else d_b.sum(axis=0), d_v, LIFState(c_i, c_u, c_s)
+    return d_inputs, d_w, None if b is None else sum_leading(d_b), d_v, LIFState(c_i, c_u, c_s)
 
 
 lif_layer.defvjp(_forward, _backward)

@@ -26,6 +26,7 @@ from snndist.model.inputs import SpikeEvents
 from snndist.model.lif_layer import lif_layer
 from snndist.model.neurons import LIFSpec, LIFState
 from snndist.model.precision import matmul
+from snndist.model.sums import sum_leading
 from snndist.model.surrogate import SpikeFn
 
 # (lif, spike_fn, input_grad, inputs [T, batch, n_in], w, b, w_rec, start) -> (voltages, spikes, last state);
@@ -255,7 +256,7 @@ def loss_fn(params: dict, x: jax.Array | SpikeEvents, y: jax.Array, spec: Networ
 def _whole(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """The readout reduced over time ``[batch, classes]``, and each layer's spikes per sample and neuron."""
     _, spikes, _ = hidden_layers(params, x, spec, layer_fn)
-    return readout_logits(params, spikes[-1], spec), tuple(s.sum(axis=0) for s in spikes)
+    return readout_logits(params, spikes[-1], spec), tuple(sum_leading(s) for s in spikes)
 
 
 def _in_chunks(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[jax.Array, tuple[jax.Array, ...]]:
@@ -280,8 +281,8 @@ def _in_chunks(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[j
         if spec.reduce == "max":  # a later chunk takes over only above the max so far: the first step wins
             reduced = jnp.where(_first_max(out) > reduced, _first_max(out), reduced)
         else:
-            reduced = reduced + out.sum(axis=0) if spec.reduce == "mean" else out[-1]
-        return (states, out[-1], reduced, tuple(c + s.sum(axis=0) for c, s in zip(counts, spikes))), None
+            reduced = reduced + sum_leading(out) if spec.reduce == "mean" else out[-1]
+        return (states, out[-1], reduced, tuple(c + sum_leading(s) for c, s in zip(counts, spikes))), None
 
     dtype = readout["w"].dtype
     logits0 = jnp.zeros((batch, spec.num_classes), dtype)
