@@ -62,13 +62,15 @@ def test_choices_are_checked_on_load():
 
 def test_resumable_fields_and_the_checkpointed_hash():
     names = config_module.resumable_fields()
-    assert {"train.steps", "train.workers", "data.encoding", "cluster.*", "logging.*", "checkpoint.*"} <= set(names)
+    assert {"train.steps", "train.workers", "train.min_workers", "data.encoding", "cluster.*", "logging.*",
+            "checkpoint.*"} <= set(names)
     assert not any(n.startswith("model.") or n in ("train.lr", "train.seed", "data.num_samples") for n in names)
     tutorial = load_config("configs/tutorial.yaml")
     # Checkpoints store this hash: it must not change when the code around it does.
     assert config_hash(tutorial) == "a2f3359e93ada425"
     assert config_hash(load_config("configs/tutorial.yaml", ["train.steps=5", "data.encoding=dense",
-                                                             "logging.log_every=7", "cluster.address=auto"])) \
+                                                             "logging.log_every=7", "cluster.address=auto",
+                                                             "train.workers=3", "train.min_workers=2"])) \
         == config_hash(tutorial)
     for math in ("train.lr=0.1", "model.layers[0].size=5", "data.seed=3", "train.global_batch=8"):
         assert config_hash(load_config("configs/tutorial.yaml", [math])) != config_hash(tutorial), math
