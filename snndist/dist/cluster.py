@@ -7,7 +7,7 @@ import socket
 from typing import NamedTuple
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
 from snndist.config import ClusterConfig, TrainConfig
 from snndist.dist import reaper
@@ -82,11 +82,10 @@ def reserve(train: TrainConfig, cluster: ClusterConfig) -> Reservation:
     return Reservation(group, accelerator, bundle, train.workers)
 
 
-def reserve_elastic(train: TrainConfig, cluster: ClusterConfig, fewest: int) -> Reservation:
-    """After losing workers: all ``train.workers`` if their resources come back within
-    ``cluster.resource_timeout_s``, else as many as can be placed now, down to ``fewest``."""
-    accelerator, bundle = _bundle(cluster, ray.cluster_resources())
-    strategy = cluster.placement_strategy
+def reserve_elastic(like: Reservation, train: TrainConfig, cluster: ClusterConfig, fewest: int) -> Reservation:
+    """After losing workers: bundles ``like`` the earlier ones for all ``train.workers`` if their resources
+    come back within ``cluster.resource_timeout_s``, else for as many as can be placed now, down to ``fewest``."""
+    accelerator, bundle, strategy = like.accelerator, like.bundle, cluster.placement_strategy
     for workers, wait_s in [(train.workers, cluster.resource_timeout_s),
                             *((n, PLACE_NOW_S) for n in range(train.workers - 1, fewest - 1, -1))]:
         group = _placed(workers, bundle, strategy, wait_s)
@@ -105,7 +104,8 @@ def probe(reservation: Reservation, train: TrainConfig, cluster: ClusterConfig):
 
 
 def is_placed(group) -> bool:
-    return group.wait(timeout_seconds=0)
+    """Whether ``group`` holds its resources now, asked of the GCS (``group.wait(0)`` times out at once)."""
+    return placement_group_table(group).get("state") == "CREATED"
 
 
 def _bundle(cluster: ClusterConfig, have: dict) -> tuple[str, dict]:

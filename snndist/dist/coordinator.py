@@ -139,10 +139,10 @@ class RayRunner:
 
         All ``train.workers`` if their resources come back within ``cluster.resource_timeout_s``, else
         as many as can be placed, down to ``train.min_workers``; then ``grow`` takes them back."""
-        t = self.cfg.train
+        t, like = self.cfg.train, self.reservation
         self._stop_workers()
         fewest = t.workers if t.min_workers is None else t.min_workers
-        reservation = cluster.reserve_elastic(t, self.cfg.cluster, fewest)
+        reservation = cluster.reserve_elastic(like, t, self.cfg.cluster, fewest)
         if reservation.workers < t.workers:
             self.say(f"going on with {reservation.workers} of train.workers={t.workers} workers (train.min_workers="
                      f"{fewest}), the same global batch; back to {t.workers} at a checkpoint when the resources "
@@ -154,14 +154,13 @@ class RayRunner:
         """At a checkpoint boundary: back to ``train.workers`` once the missing workers' resources are free."""
         if self.probe is None or not cluster.is_placed(self.probe):
             return None
-        state = self.get_state()
-        before = len(self.workers)
+        state, like = self.get_state(), self.reservation
         self._stop_workers()  # and the probe: its resources are the new group's
-        self._start(cluster.reserve_elastic(self.cfg.train, self.cfg.cluster, before))
+        self._start(cluster.reserve_elastic(like, self.cfg.train, self.cfg.cluster, like.workers))
         self.set_state(state)
         if len(self.workers) < self.cfg.train.workers:  # taken by something else meanwhile: wait again
             self.probe = cluster.probe(self.reservation, self.cfg.train, self.cfg.cluster)
-        return f"grew from {before} to {len(self.workers)} workers at step {state['step']}"
+        return f"grew from {like.workers} to {len(self.workers)} workers at step {state['step']}"
 
     def topology(self) -> dict:
         t, c = self.cfg.train, self.cfg.cluster
