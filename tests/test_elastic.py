@@ -22,7 +22,7 @@ from raynodes import Node, ray_env, remove, start_head, start_worker_node, wait_
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 3  # cluster.resource_timeout_s: how long the lost worker's resources are waited for
-STEPS, EVERY, KILL_AT = 100, 20, 25  # the node is killed after step KILL_AT: the restore is from step 20
+STEPS, EVERY, KILL_AT = 60, 20, 25  # the node is killed after step KILL_AT: the restore is from step 20
 RUN = ["train.workers=3", "cluster.placement_strategy=SPREAD", f"cluster.resource_timeout_s={TIMEOUT_S}",
        f"train.steps={STEPS}", f"checkpoint.every_steps={EVERY}", "logging.log_every=5", "train.global_batch=96",
        "logging.wandb.mode=disabled"]
@@ -112,7 +112,7 @@ def elastic(cluster):
     _kill_a_node_after(cluster, proc, log, run_dir, KILL_AT)
     _wait_for(proc, log, lambda: "going on with 2 of" in log.read_text(), "shrinking to 2 workers")
     # The capacity returns while the run is at 2 workers: held still while a node starts (seconds on a busy
-    # machine, against 80 steps' fraction of one), it grows back at the first checkpoint after.
+    # machine, against a fraction of one for 20 steps), it grows back at the first checkpoint after.
     proc.send_signal(signal.SIGSTOP)
     try:
         cluster.add_node()

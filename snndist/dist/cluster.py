@@ -14,6 +14,7 @@ from snndist.dist import reaper
 from snndist.errors import ClusterError, one_line
 
 _reaper = None  # the watcher of the local instance this process started, if it started one
+PLACE_NOW_S = 5.0  # after losing workers: how long a smaller group may take to be placed on what is left
 
 
 def connect(address: str | None) -> bool:
@@ -53,9 +54,6 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as err:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}") from None
-
-
-PLACE_NOW_S = 5.0  # how long a smaller group may take to be placed on the capacity that is left
 
 
 class Reservation(NamedTuple):

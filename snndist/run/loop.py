@@ -114,7 +114,8 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
                 last = summarize(metrics)  # reading the metrics waits for the step
                 elapsed = time.perf_counter() - window_start
                 last.update(_perf(elapsed / window_steps, t.global_batch, cfg.data.timesteps))
-                last.update({"system/recoveries": float(len(failures)), "system/workers": float(max(runner.topology()["workers"], 1)),
+                last.update({"system/recoveries": float(len(failures)),
+                             "system/workers": float(max(runner.topology()["workers"], 1)),  # fewer after a loss
                              "ckpt/save_block_s": save_block[-1] if save_block else 0.0})
                 tracker.log(last, step)
                 eta = (time.perf_counter() - began) / max(step - start_step, 1) * (t.steps - step)
@@ -160,10 +161,10 @@ def _recover(cfg: Config, runner: Runner, checkpointer: Checkpointer, err: Worke
     checkpointer.wait()
     try:
         runner.restart()
-    except ClusterError as err:  # too few workers' resources came back
+    except ClusterError as short:  # fewer than train.min_workers can be placed
         steps = checkpointer.steps()
         kept = f"the checkpoint of step {steps[-1]} is intact" if steps else "no checkpoint was saved yet"
-        raise ClusterError(f"{err}; {kept}, continue with --resume") from None
+        raise ClusterError(f"{short}; {kept}, continue with --resume") from None
     meta = restore_newest(checkpointer, runner)  # None: no checkpoint yet, the new workers' initial state
     resume_at = meta["step"] if meta else 0
     say(f"recovered: rank {err.rank}, cause: {err.cause}; restored step {resume_at}, "
