@@ -83,7 +83,8 @@ def _train(cluster: Cluster, run_dir: Path, *sets: str, resume: bool = False) ->
 
 def _rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+    lines = path.read_text().split("\n")[:-1] if path.exists() else []  # a line being written has no newline yet
+    return [json.loads(l) for l in lines]
 
 
 def _wait_for(proc: subprocess.Popen, log: Path, done, what: str, timeout_s: float = 180) -> None:
