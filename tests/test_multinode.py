@@ -8,8 +8,8 @@ node-local, one beside it shared).
   new node joins, and must end with the loss of the reference: a run with ``train.min_workers=3`` that stops
   after ``cluster.resource_timeout_s`` with one line and its checkpoint intact, resumed from that checkpoint
   (the same step, the same state) with 2 workers.
-- A node drained as a cloud preemption drains it (``ray drain-node``, reason PREEMPTION): the run checkpoints,
-  exits 75, and resumes on what is left.
+- A node drained as a cloud preemption drains it (``ray drain-node``, reason PREEMPTION): the run checkpoints
+  and exits 75.
 
 The tests share one cluster (three nodes at the start): the elastic runs lose two nodes and add one; the
 drain test runs one worker on each node still alive.
@@ -218,8 +218,8 @@ def test_fewer_workers_go_on_with_the_same_global_batch_and_grow_back(elastic, s
     assert abs(ours["train/loss"] - reference["train/loss"]) < 1e-5, (ours, reference)
 
 
-def test_drain_notice_checkpoints_and_exits_then_resumes(cluster):
-    """One worker per node; the newest worker node drained: checkpoint, exit 75, resume on the rest."""
+def test_drain_notice_checkpoints_and_exits(cluster):
+    """One worker per node; the newest worker node drained: the step in flight, a committed checkpoint, exit 75."""
     alive = [node_id for node, node_id in zip(cluster.workers, cluster.ids) if node.proc.poll() is None]
     nodes, drained = 1 + len(alive), alive[-1]
     run_dir = cluster.base / "drained"
@@ -239,9 +239,4 @@ def test_drain_notice_checkpoints_and_exits_then_resumes(cluster):
     stopped_at = int(match.group(1))
     assert stopped_at >= 30
     assert _checkpoints(run_dir) == [stopped_at]  # the only save: periodic ones are out of reach
-    # The drained node is left for the cloud to take; its worker is gone, so Ray shuts it down.
-    # The run resumes where it stopped, on the nodes left.
-    resumed, resumed_log = _train(cluster, run_dir, f"train.steps={stopped_at + 20}", f"train.workers={nodes - 1}",
-                                  resume=True)
-    assert resumed.wait(timeout=240) == 0, resumed_log.read_text()
-    assert f"resumed at step {stopped_at}" in resumed_log.read_text()
+    # What --resume does with it is the strict run's resume above (and test_checkpoint's, after SIGTERM).
