@@ -104,6 +104,7 @@ BAD = [
     (["model.surrogate=tanh"], "model.surrogate='tanh': must be one of relu, sigmoid"),
     (["model.surrogate_params={sigma: 1}"], "model.surrogate_params.sigma=1.0: not a parameter of surrogate 'relu'"),
     (["train.optimizer=lion"], "train.optimizer='lion': must be one of adam, adamw, sgd"),
+    (["train.workers=2", "train.min_workers=3"], "train.min_workers=3: must be in [1, train.workers=2]"),
     (["model.layers=[]"], "model.layers=[]: must list at least one hidden layer"),
     (["train.steps"], "--set 'train.steps': expected KEY=VALUE"),
     (["=3"], "--set '=3': expected KEY=VALUE"),
