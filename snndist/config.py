@@ -167,6 +167,8 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up from 0, before the schedule
     seed: int = 0  # parameter initialisation and sample order
     workers: int = resumable(1)  # Ray worker actors, each a replica over its devices
+    # after losing workers' nodes, go on with as few as this (same global batch); null: train.workers
+    min_workers: Optional[int] = resumable(None)
     grad_sync: GradSync = resumable("coordinator")  # coordinator: mean on the driver; xla: collectives in the step
     max_failures: int = resumable(3)  # worker deaths and step timeouts recovered from checkpoints before giving up
     max_bad_steps: int = resumable(10)  # non-finite steps in a row before the run stops
@@ -500,6 +502,8 @@ def _validate(cfg: Config) -> None:
 
     for name in ("steps", "global_batch", "workers", "eval_batch"):
         _check(getattr(t, name) > 0, f"train.{name}", getattr(t, name), "must be > 0")
+    _check(t.min_workers is None or 0 < t.min_workers <= t.workers, "train.min_workers", t.min_workers,
+           f"must be in [1, train.workers={t.workers}] (null: train.workers)")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
     for name in ("b1", "b2", "momentum"):
         _check(0 <= getattr(t, name) < 1, f"train.{name}", getattr(t, name), "must be in [0, 1)")

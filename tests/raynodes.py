@@ -54,6 +54,15 @@ class Node:
         if self.proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
 
+    def kill(self) -> None:
+        """SIGKILL the node's whole process tree at once: a machine lost without notice (no drain)."""
+        for p in _descendants(self.proc.pid):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.proc.wait(timeout=10)
+
     def stop(self) -> None:
         """SIGTERM the blocking ``ray start`` (it stops its node); SIGKILL what is left of its tree."""
         pids = _descendants(self.proc.pid)

@@ -63,13 +63,15 @@ def test_choices_are_checked_on_load():
 
 def test_resumable_fields_and_the_checkpointed_hash():
     names = config_module.resumable_fields()
-    assert {"train.steps", "train.workers", "data.encoding", "cluster.*", "logging.*", "checkpoint.*"} <= set(names)
+    assert {"train.steps", "train.workers", "train.min_workers", "data.encoding", "cluster.*", "logging.*",
+            "checkpoint.*"} <= set(names)
     assert not any(n.startswith("model.") or n in ("train.lr", "train.seed", "data.num_samples") for n in names)
     tutorial = load_config("configs/tutorial.yaml")
     # Checkpoints store this hash: it must not change when the code around it does.
     assert config_hash(tutorial) == "a2f3359e93ada425"
     assert config_hash(load_config("configs/tutorial.yaml", ["train.steps=5", "data.encoding=dense",
-                                                             "logging.log_every=7", "cluster.address=auto"])) \
+                                                             "logging.log_every=7", "cluster.address=auto",
+                                                             "train.workers=3", "train.min_workers=2"])) \
         == config_hash(tutorial)
     for math in ("train.lr=0.1", "model.layers[0].size=5", "data.seed=3", "train.global_batch=8"):
         assert config_hash(load_config("configs/tutorial.yaml", [math])) != config_hash(tutorial), math
@@ -103,6 +105,7 @@ BAD = [
     (["model.surrogate=tanh"], "model.surrogate='tanh': must be one of relu, sigmoid"),
     (["model.surrogate_params={sigma: 1}"], "model.surrogate_params.sigma=1.0: not a parameter of surrogate 'relu'"),
     (["train.optimizer=lion"], "train.optimizer='lion': must be one of adam, adamw, sgd"),
+    (["train.workers=2", "train.min_workers=3"], "train.min_workers=3: must be in [1, train.workers=2]"),
     (["model.layers=[]"], "model.layers=[]: must list at least one hidden layer"),
     (["train.steps"], "--set 'train.steps': expected KEY=VALUE"),
     (["=3"], "--set '=3': expected KEY=VALUE"),

@@ -7,13 +7,14 @@ import socket
 from typing import NamedTuple
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
 from snndist.config import ClusterConfig, TrainConfig
 from snndist.dist import reaper
 from snndist.errors import ClusterError, one_line
 
 _reaper = None  # the watcher of the local instance this process started, if it started one
+PLACE_NOW_S = 5.0  # after losing workers: how long a smaller group may take to be placed on what is left
 
 
 def connect(address: str | None) -> bool:
@@ -33,7 +34,10 @@ def connect(address: str | None) -> bool:
         else:
             # Ray says at every start of a local instance that token auth is on: nothing to act on here.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+            # The dashboard process (Ray starts it even without the UI) answers on loopback only: an
+            # open Ray dashboard or Jobs API runs anyone's code (CVE-2023-48022).
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, dashboard_host="127.0.0.1",
+                     logging_level="WARNING")
             _reaper = reaper.start(os.getpid())  # the instance ends with this process, even if it is killed
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "
@@ -56,11 +60,53 @@ class Reservation(NamedTuple):
     group: object  # the placement group
     accelerator: str  # cpu | gpu | tpu: cluster.accelerator with auto resolved
     bundle: dict  # one worker's resources
+    workers: int  # bundles in the group: train.workers, or fewer after losing nodes
 
 
 def reserve(train: TrainConfig, cluster: ClusterConfig) -> Reservation:
     """A placement group of one bundle per worker; a clear error instead of waiting forever."""
     have = ray.cluster_resources()
+    accelerator, bundle = _bundle(cluster, have)
+    for resource, amount in bundle.items():
+        need = amount * train.workers
+        if need > have.get(resource, 0):
+            field = "cluster.cpus_per_worker" if resource == "CPU" else "cluster.devices_per_worker"
+            raise ClusterError(f"train.workers={train.workers} x {field}={amount} needs {need:g} {resource}; "
+                               f"the cluster has {have.get(resource, 0):g}")
+    group = _placed(train.workers, bundle, cluster.placement_strategy, cluster.resource_timeout_s)
+    if group is None:
+        raise ClusterError(f"{train.workers} workers of {bundle} ({cluster.placement_strategy}) could not be "
+                           f"placed within cluster.resource_timeout_s={cluster.resource_timeout_s:g} s")
+    return Reservation(group, accelerator, bundle, train.workers)
+
+
+def reserve_elastic(like: Reservation, train: TrainConfig, cluster: ClusterConfig, fewest: int) -> Reservation:
+    """After losing workers: bundles ``like`` the earlier ones for all ``train.workers`` if their resources
+    come back within ``cluster.resource_timeout_s``, else for as many as can be placed now, down to ``fewest``."""
+    accelerator, bundle, strategy = like.accelerator, like.bundle, cluster.placement_strategy
+    for workers, wait_s in [(train.workers, cluster.resource_timeout_s),
+                            *((n, PLACE_NOW_S) for n in range(train.workers - 1, fewest - 1, -1))]:
+        group = _placed(workers, bundle, strategy, wait_s)
+        if group is not None:
+            return Reservation(group, accelerator, bundle, workers)
+    raise ClusterError(f"waited cluster.resource_timeout_s={cluster.resource_timeout_s:g} s for the resources of "
+                       f"{train.workers} workers of {bundle} ({strategy}) to come back, and fewer than "
+                       f"train.min_workers={fewest} can be placed")
+
+
+def probe(reservation: Reservation, train: TrainConfig, cluster: ClusterConfig):
+    """A pending placement group for the workers a shrunken reservation lacks: ready once their
+    resources are back (and, on an autoscaling cluster, asking for them)."""
+    return placement_group([dict(reservation.bundle) for _ in range(train.workers - reservation.workers)],
+                           strategy=cluster.placement_strategy)
+
+
+def is_placed(group) -> bool:
+    """Whether ``group`` holds its resources now, asked of the GCS (``group.wait(0)`` times out at once)."""
+    return placement_group_table(group).get("state") == "CREATED"
+
+
+def _bundle(cluster: ClusterConfig, have: dict) -> tuple[str, dict]:
     accelerator = cluster.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if have.get("GPU", 0) else "tpu" if have.get("TPU", 0) else "cpu"
@@ -69,20 +115,16 @@ def reserve(train: TrainConfig, cluster: ClusterConfig) -> Reservation:
         bundle["GPU"] = cluster.devices_per_worker
     elif accelerator == "tpu":
         bundle["TPU"] = cluster.devices_per_worker
-    for resource, amount in bundle.items():
-        need = amount * train.workers
-        if need > have.get(resource, 0):
-            field = "cluster.cpus_per_worker" if resource == "CPU" else "cluster.devices_per_worker"
-            raise ClusterError(f"train.workers={train.workers} x {field}={amount} needs {need:g} {resource}; "
-                               f"the cluster has {have.get(resource, 0):g}")
-    group = placement_group([dict(bundle) for _ in range(train.workers)], strategy=cluster.placement_strategy)
-    try:
-        ray.get(group.ready(), timeout=cluster.resource_timeout_s)
-    except ray.exceptions.GetTimeoutError:
+    return accelerator, bundle
+
+
+def _placed(workers: int, bundle: dict, strategy: str, wait_s: float):
+    """A placement group of ``workers`` bundles once placed, or None (and nothing held) after ``wait_s``."""
+    group = placement_group([dict(bundle) for _ in range(workers)], strategy=strategy)
+    if not group.wait(timeout_seconds=wait_s):
         remove_placement_group(group)
-        raise ClusterError(f"{train.workers} workers of {bundle} ({cluster.placement_strategy}) could not be "
-                           f"placed within cluster.resource_timeout_s={cluster.resource_timeout_s:g} s") from None
-    return Reservation(group, accelerator, bundle)
+        return None
+    return group
 
 
 def release(reservation: Reservation) -> None:

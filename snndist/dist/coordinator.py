@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import ray
+from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from snndist.config import Config
@@ -34,24 +35,26 @@ class RayRunner:
         self.cfg, self.say, self.run_name = cfg, say, run_name
         self.started_ray = cluster.connect(cfg.cluster.address)
         self.reservation = None
+        self.probe = None  # after shrinking: a pending placement group for the missing workers
         self.workers: list = []
         self.failed = False
         self.generation = 0  # worker groups started so far
         try:
-            self._start()
+            self._start(cluster.reserve(cfg.train, cfg.cluster))
         except BaseException:
             self.close()
             raise
 
-    def _start(self) -> None:
+    def _start(self, reservation: cluster.Reservation) -> None:
         t, c = self.cfg.train, self.cfg.cluster
         run_name = self.run_name if not self.generation else f"{self.run_name}-g{self.generation}"
         self.generation += 1
         self.failed = False
-        self.reservation = cluster.reserve(t, c)
+        self.reservation = reservation
+        size = reservation.workers
         accelerator = self.reservation.accelerator
         actor = ray.remote(Worker)
-        for rank in range(t.workers):
+        for rank in range(size):
             options = dict(
                 name=f"snndist-{run_name}-rank{rank}", num_cpus=c.cpus_per_worker, max_restarts=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.reservation.group, rank),
@@ -60,7 +63,7 @@ class RayRunner:
                 options["num_gpus"] = c.devices_per_worker
             elif accelerator == "tpu":
                 options["resources"] = {"TPU": c.devices_per_worker}
-            self.workers.append(actor.options(**options).remote(self.cfg.to_dict(), rank, t.workers, accelerator))
+            self.workers.append(actor.options(**options).remote(self.cfg.to_dict(), rank, size, accelerator))
         address = None
         # Starting takes process spawns, imports and compiles: the step timeout plus the resource wait.
         timeout = t.step_timeout_s + c.resource_timeout_s
@@ -71,7 +74,7 @@ class RayRunner:
         self.drain_checked, self.drain_warned = time.monotonic(), False
         self.local_devices = infos[0]["local_devices"]
         self.num_samples = infos[0]["num_samples"]
-        self.say(f"{t.workers} worker(s) x {self.local_devices} {infos[0]['platform']} device(s), "
+        self.say(f"{size} worker(s) x {self.local_devices} {infos[0]['platform']} device(s), "
                  f"gradient sync: {t.grad_sync}")
         self.steps_done = 0
         self.grad_sync_s = 0.0
@@ -132,13 +135,37 @@ class RayRunner:
         self._gather([w.load_state.remote(ref) for w in self.workers])
 
     def restart(self) -> None:
-        """A new worker group in place of one that lost a member (its state: a fresh init)."""
+        """A new worker group in place of one that lost a member (its state: a fresh init).
+
+        All ``train.workers`` if their resources come back within ``cluster.resource_timeout_s``, else
+        as many as can be placed, down to ``train.min_workers``; then ``grow`` takes them back."""
+        t, like = self.cfg.train, self.reservation
         self._stop_workers()
-        self._start()
+        fewest = t.workers if t.min_workers is None else t.min_workers
+        reservation = cluster.reserve_elastic(like, t, self.cfg.cluster, fewest)
+        if reservation.workers < t.workers:
+            self.say(f"going on with {reservation.workers} of train.workers={t.workers} workers (train.min_workers="
+                     f"{fewest}), the same global batch; back to {t.workers} at a checkpoint when the resources "
+                     "return")
+            self.probe = cluster.probe(reservation, t, self.cfg.cluster)
+        self._start(reservation)
+
+    def grow(self) -> str | None:
+        """At a checkpoint boundary: back to ``train.workers`` once the missing workers' resources are free."""
+        if self.probe is None or not cluster.is_placed(self.probe):
+            return None
+        state, like = self.get_state(), self.reservation
+        self._stop_workers()  # and the probe: its resources are the new group's
+        self._start(cluster.reserve_elastic(like, self.cfg.train, self.cfg.cluster, like.workers))
+        self.set_state(state)
+        if len(self.workers) < self.cfg.train.workers:  # taken by something else meanwhile: wait again
+            self.probe = cluster.probe(self.reservation, self.cfg.train, self.cfg.cluster)
+        return f"grew from {like.workers} to {len(self.workers)} workers at step {state['step']}"
 
     def topology(self) -> dict:
         t, c = self.cfg.train, self.cfg.cluster
-        return {"workers": t.workers, "devices_per_worker": c.devices_per_worker, "grad_sync": t.grad_sync}
+        return {"workers": self.reservation.workers, "devices_per_worker": c.devices_per_worker,
+                "grad_sync": t.grad_sync}
 
     def worker_pids(self) -> list[int]:
         return self._gather([w.pid.remote() for w in self.workers])
@@ -209,6 +236,9 @@ class RayRunner:
         if self.reservation is not None:
             cluster.release(self.reservation)
             self.reservation = None
+        if self.probe is not None:
+            remove_placement_group(self.probe)
+            self.probe = None
 
     # ------------------------------------------------------------------ failures
     def _gather(self, refs: list, ranks: list[int] | None = None, timeout: float | None = None) -> list:

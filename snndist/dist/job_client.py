@@ -13,13 +13,15 @@ token it finds unless ``RAY_AUTH_MODE=disabled``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import time
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 from snndist.dist.ray_jobs_api import AUTH_DOC, bounded_client, translate_errors
-from snndist.errors import ClusterError
+from snndist.errors import ClusterError, ConfigError
 
 #: (connect, read) seconds for each HTTP request to the dashboard; uploads of
 #: the working dir and of the snndist package are small.
@@ -80,6 +82,30 @@ def auth_headers() -> tuple[dict[str, str], str | None]:
         return {}, None
     token, source = found
     return {"Authorization": f"Bearer {token}"}, source
+
+
+def refuse_open_transport(address: str, insecure: bool) -> None:
+    """No job to another host over plain http without a token, unless ``insecure``.
+
+    A Ray Jobs API that accepts anyone's request runs anyone's code (the ShadowRay attacks,
+    CVE-2023-48022); sending to one across a network says the cluster is open.
+    """
+    parsed = urlsplit(address)
+    if insecure or parsed.scheme != "http" or _is_loopback(parsed.hostname or "") or auth_headers()[0]:
+        return
+    raise ConfigError(f"--address {address}: refusing to submit over plain http to a non-loopback address without "
+                      "a Ray auth token (an open Ray Jobs API runs anyone's code, CVE-2023-48022); set "
+                      "RAY_AUTH_TOKEN, reach the dashboard on 127.0.0.1 through `ray dashboard`, ssh -L or "
+                      "`kubectl port-forward`, or pass --insecure")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve anywhere
+        return False
 
 
 class JobClient:

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from snndist.dist.job_client import STOP_TIMEOUT_S, JobClient, job_status, resolve_address
+from snndist.dist.job_client import STOP_TIMEOUT_S, JobClient, job_status, refuse_open_transport, resolve_address
 from snndist.dist.ray_jobs_api import quiet_logs
 from snndist.errors import ClusterError, ConfigError, one_line
 from snndist.store.rundir import is_remote
@@ -81,6 +81,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     load_config(args.config, args.set)  # ConfigError (exit 2) before touching the cluster
     address = resolve_address(args.address)
+    refuse_open_transport(address, args.insecure)
     if not args.run_dir:
         run_dir = default_remote_run_dir(args.config)
     elif is_remote(args.run_dir):
@@ -198,6 +199,9 @@ def add_job_commands(commands) -> None:
                         help="pip packages to install in the job's environment")
     submit.add_argument("--local", action="store_true",
                         help="pass --local to `train`: train inside the job's process")
+    submit.add_argument("--insecure", action="store_true",
+                        help="send to a non-loopback plain-http address without a Ray auth token (refused "
+                             "otherwise: an open Ray Jobs API runs anyone's code)")
     submit.add_argument("--no-wait", action="store_true",
                         help="return right after submitting, without waiting for the job to start")
     submit.set_defaults(func=cmd_submit)

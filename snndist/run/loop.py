@@ -14,7 +14,7 @@ import numpy as np
 
 from snndist.config import Config, config_hash
 from snndist.data.order import batch_indices, data_position
-from snndist.errors import Preempted, RunFailed, WorkerLost
+from snndist.errors import ClusterError, Preempted, RunFailed, WorkerLost
 from snndist.store.checkpoint import Checkpointer
 from snndist.store.lease import RunLease
 from snndist.track.metrics import summarize
@@ -69,7 +69,6 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
         runner.trace(PICTURED_SAMPLES[:runner.num_samples])
     began = window_start = time.perf_counter()
     window_steps, bad_streak, failures, save_block = 0, 0, [], []
-    workers = max(runner.topology()["workers"], 1)
     last: dict[str, float] = {}
     previous = None  # the last step's metrics, read one step late so the device stays busy
     evaluation = None
@@ -115,7 +114,8 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
                 last = summarize(metrics)  # reading the metrics waits for the step
                 elapsed = time.perf_counter() - window_start
                 last.update(_perf(elapsed / window_steps, t.global_batch, cfg.data.timesteps))
-                last.update({"system/recoveries": float(len(failures)), "system/workers": float(workers),
+                last.update({"system/recoveries": float(len(failures)),
+                             "system/workers": float(max(runner.topology()["workers"], 1)),  # fewer after a loss
                              "ckpt/save_block_s": save_block[-1] if save_block else 0.0})
                 tracker.log(last, step)
                 eta = (time.perf_counter() - began) / max(step - start_step, 1) * (t.steps - step)
@@ -133,6 +133,9 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
                 window_start = time.perf_counter()  # keep eval time out of perf/step_time_s
             if step % cfg.checkpoint.every_steps == 0 or step == t.steps:
                 save(step, evaluation)
+                grown = runner.grow() if step < t.steps else None
+                if grown:
+                    say(grown)
     finally:  # also on a stop signal or a failure
         progress.close()
     checkpointer.wait()
@@ -156,7 +159,12 @@ def _recover(cfg: Config, runner: Runner, checkpointer: Checkpointer, err: Worke
                         + "; ".join(failures))
     say(f"recovery {len(failures)}/{cfg.train.max_failures} at step {step}: {err}; starting new workers")
     checkpointer.wait()
-    runner.restart()
+    try:
+        runner.restart()
+    except ClusterError as short:  # fewer than train.min_workers can be placed
+        steps = checkpointer.steps()
+        kept = f"the checkpoint of step {steps[-1]} is intact" if steps else "no checkpoint was saved yet"
+        raise ClusterError(f"{short}; {kept}, continue with --resume") from None
     meta = restore_newest(checkpointer, runner)  # None: no checkpoint yet, the new workers' initial state
     resume_at = meta["step"] if meta else 0
     say(f"recovered: rank {err.rank}, cause: {err.cause}; restored step {resume_at}, "

@@ -50,6 +50,9 @@ class LocalRunner:
     def restart(self) -> None:
         self.replica = Replica(self.cfg, self.layout)
 
+    def grow(self) -> None:
+        return None  # one process: nothing to lose or take back
+
     def preemption_notice(self) -> None:
         return None  # this process's own signals are the loop's StopSignal
 

@@ -36,6 +36,9 @@ class Runner(Protocol):
     def restart(self) -> None:
         """Replace lost workers; the state is then a fresh initialisation until ``set_state``."""
 
+    def grow(self) -> str | None:
+        """At a checkpoint boundary: take back workers lost earlier if their resources returned; what it did."""
+
     def preemption_notice(self) -> str | None:
         """Why the run must stop now (e.g. a node of the run is being drained), or None."""
 
