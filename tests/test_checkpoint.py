@@ -20,7 +20,7 @@ from snndist.train.local import LocalRunner
 
 CLI = [sys.executable, "-m", "snndist"]
 SHORT = ["train.steps=60", "checkpoint.every_steps=10", "logging.log_every=10", "train.global_batch=64",
-         "data.num_samples=128"]
+         "data.num_samples=128", "logging.wandb.mode=disabled"]  # W&B's part of a resume: test_monitoring
 
 
 def _sets(overrides):

@@ -197,13 +197,13 @@ def readout_weights(decay: float, steps: int, reduce: str) -> np.ndarray:
     return decay ** (remaining - 1)  # last
 
 
-# The readout's reduction over time, ``[T, batch, classes] -> [batch, classes]``: the same for loss and accuracy.
 def _first_max(readout: jax.Array) -> jax.Array:
     """Max over time whose gradient goes to the first step that reaches it: ties (a silent start holds
     the readout at its bias) then split the same way however time is cut into chunks."""
     return jnp.take_along_axis(readout, jnp.argmax(readout, axis=0)[None], axis=0)[0]
 
 
+# The readout's reduction over time, ``[T, batch, classes] -> [batch, classes]``: the same for loss and accuracy.
 REDUCTIONS = {"mean": lambda readout: readout.mean(axis=0),
               "max": _first_max,
               "last": lambda readout: readout[-1]}
@@ -279,7 +279,8 @@ def _in_chunks(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[j
         out = _integrate(spec.readout_decay, o,
                          matmul(spikes[-1], readout["w"], spec.matmul_dtype) + readout["b"][None, None, :])
         if spec.reduce == "max":  # a later chunk takes over only above the max so far: the first step wins
-            reduced = jnp.where(_first_max(out) > reduced, _first_max(out), reduced)
+            highest = _first_max(out)
+            reduced = jnp.where(highest > reduced, highest, reduced)
         else:
             reduced = reduced + sum_leading(out) if spec.reduce == "mean" else out[-1]
         return (states, out[-1], reduced, tuple(c + sum_leading(s) for c, s in zip(counts, spikes))), None

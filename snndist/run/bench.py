@@ -68,7 +68,8 @@ def bench(cfg: Config, steps: int = 20, say: Callable[[str], None] = print) -> d
 
 
 def _peak_memory(runner: LocalRunner, batch: int) -> int:
-    """The device's own peak where it keeps one (GPU, TPU); on CPU, XLA's plan for the step's buffers."""
+    """One device's peak: its own count where it keeps one (GPU, TPU); on CPU, XLA's plan for the step's
+    buffers on each device."""
     stats = jax.devices()[0].memory_stats()
     if stats and "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"])
@@ -83,7 +84,7 @@ def format_report(result: dict) -> str:
         f"device            {result['device']}",
         f"compile           {result['compile_s']:.2f} s (first step)",
         f"train step        {result['ms_per_step']:.2f} ms  ({result['samples_per_s']:.0f} samples/s)",
-        f"peak memory       {gib:.3f} GiB",
+        f"peak memory       {gib:.3f} GiB per device",
         f"dense-matmul floor {result['flop_floor_ms']:.2f} ms  ({result['step_gflop']:.3f} GFLOP at "
         f"{result['matmul_gflop_per_s']:.1f} GFLOP/s {result['precision']} measured here); step / floor = "
         f"{result['ms_per_step'] / result['flop_floor_ms']:.2f}",
