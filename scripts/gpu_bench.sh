@@ -3,10 +3,12 @@
 #   - the tutorial and bench_shd configs, and a large one (1024 recurrent LIF, batch 1024, T 250),
 #     each in f32 and bf16: ms/step, samples/s, compile time, peak memory, and the achieved
 #     matmul FLOP/s of the step against the matmul peak measured here (f32 and bf16);
-#   - 1 vs 2 replicas on one GPU (two processes, each held to 45% of its memory).
+#   - 1 vs 2 replicas on one GPU (two processes, each held to 45% of its memory);
+#   - loss and gradients on the GPU against the CPU (scripts/gpu_parity.py).
 # Run from a checkout with snndist and the cuda extra installed:
 #   pip install -e ".[cuda]" && bash scripts/gpu_bench.sh
-# It prints one markdown table, to paste into BENCHMARKS.md, and keeps the raw JSON in $OUT.
+# It prints markdown tables, to paste into BENCHMARKS.md, and keeps the raw JSON in $OUT. A run that
+# fails is reported and left out of the table; the others go on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -23,7 +25,7 @@ run() {  # name, config, precision, extra --set arguments
     local name=$1 config=$2 precision=$3; shift 3
     echo "== $name ($precision)" >&2
     timeout 120 "$PYTHON" -m snndist bench --config "$config" --set train.precision="$precision" "$@" \
-        --steps "$STEPS" --json > "$OUT/$name-$precision.json"
+        --steps "$STEPS" --json > "$OUT/$name-$precision.json" || { echo "FAILED: $name ($precision)" >&2; rm -f "$OUT/$name-$precision.json"; }
 }
 for precision in f32 bf16; do
     run tutorial configs/tutorial.yaml "$precision"
@@ -35,7 +37,7 @@ done
 # Two replicas of the shd step sharing the GPU: their samples/s added, against one alone.
 for i in 1 2; do
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 timeout 120 "$PYTHON" -m snndist bench --config configs/bench_shd.yaml \
-        --steps "$STEPS" --json > "$OUT/shared-$i.json" &
+        --steps "$STEPS" --json > "$OUT/shared-$i.json" || echo "FAILED: shared replica $i" >&2 &
 done
 wait
 
@@ -45,16 +47,26 @@ out = pathlib.Path(sys.argv[1])
 print("| config | precision | ms/step | samples/s | compile s | peak memory GiB | step GFLOP | achieved TFLOP/s "
       "| matmul peak TFLOP/s | step / floor |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+def read(name):
+    path = out / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() and path.stat().st_size else None
 for name in ("tutorial", "shd", "large"):
     for precision in ("f32", "bf16"):
-        r = json.loads((out / f"{name}-{precision}.json").read_text())
+        r = read(f"{name}-{precision}")
+        if r is None:
+            print(f"| {name} | {precision} | failed | | | | | | | |")
+            continue
         achieved = r["step_gflop"] / r["ms_per_step"]  # GFLOP per ms = TFLOP/s
         print(f"| {name} | {precision} | {r['ms_per_step']:.2f} | {r['samples_per_s']:.0f} | {r['compile_s']:.1f} "
               f"| {r['peak_memory_bytes'] / 2**30:.2f} | {r['step_gflop']:.1f} | {achieved:.2f} "
               f"| {r['matmul_gflop_per_s'] / 1000:.1f} | {r['ms_per_step'] / r['flop_floor_ms']:.2f} |")
-alone = json.loads((out / "shd-f32.json").read_text())["samples_per_s"]
-shared = sum(json.loads((out / f"shared-{i}.json").read_text())["samples_per_s"] for i in (1, 2))
-print(f"\nshd f32, one GPU: 1 replica {alone:.0f} samples/s; 2 replicas together {shared:.0f} samples/s "
-      f"({shared / alone:.2f}x)")
-print(f"device: {json.loads((out / 'shd-f32.json').read_text())['device']}")
+alone, shared = read("shd-f32"), [read(f"shared-{i}") for i in (1, 2)]
+if alone and all(shared):
+    together = sum(r["samples_per_s"] for r in shared)
+    print(f"\nshd f32, one GPU: 1 replica {alone['samples_per_s']:.0f} samples/s; 2 replicas together "
+          f"{together:.0f} samples/s ({together / alone['samples_per_s']:.2f}x)")
+    print(f"device: {alone['device']}")
 PY
+
+echo
+"$PYTHON" scripts/gpu_parity.py || echo "gpu_parity: exit $?" >&2

@@ -46,6 +46,7 @@ GradSync = Literal["coordinator", "xla"]
 Split = Literal["train", "valid", "test"]
 BestMode = Literal["min", "max"]
 Precision = Literal["f32", "bf16"]
+Products = Literal["auto", "in_loop", "batched"]
 WandbMode = Literal["online", "offline", "disabled"]
 WandbOnError = Literal["offline", "disable", "fail"]
 Accelerator = Literal["auto", "cpu", "gpu", "tpu"]
@@ -186,6 +187,11 @@ class TrainConfig:
     # sums over time are added chunk by chunk, so results may differ in the last bits, and a resume may
     # turn it on (a longer T, a smaller device) or off.
     remat: int = resumable(0)
+    # The layers' products that need no recurrence (input drive, weight and input gradients): in_loop, step
+    # by step inside the time loop (fast on CPUs, whose caches hold one step), or batched, one product over
+    # all steps outside it (fast on accelerators); auto: in_loop on CPU, else batched. The same math.
+    products: Products = resumable("auto")
+    unroll: Optional[int] = resumable(None)  # time steps per iteration of the time loops; null: by platform
 
 
 # ------------------------------------------------------------ checkpoint, logging, cluster
@@ -513,6 +519,7 @@ def _validate(cfg: Config) -> None:
     _check(0 <= t.warmup_steps < t.steps, "train.warmup_steps", t.warmup_steps,
            f"must be in [0, train.steps={t.steps})")
     _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0 (0: only at the end)")
+    _check(t.unroll is None or t.unroll >= 1, "train.unroll", t.unroll, "must be >= 1 (or null: by platform)")
     _check(t.remat >= 0 and (t.remat == 0 or d.timesteps % t.remat == 0), "train.remat", t.remat,
            f"must be 0 (off) or divide data.timesteps={d.timesteps}, e.g. {_divisor_near_sqrt(d.timesteps)}")
 

@@ -17,9 +17,13 @@ pytestmark = pytest.mark.usefixtures("strict_dtypes")
 @pytest.mark.parametrize("reset", ["soft", "hard"])
 @pytest.mark.parametrize("recurrent", [True, False])
 @pytest.mark.parametrize("inputs", ["spikes", "drive"])
-def test_the_layers_own_backward_pass_equals_autodiff_of_the_scan(reset, recurrent, inputs):
+@pytest.mark.parametrize("loop", ["in_loop", "batched"])
+def test_the_layers_own_backward_pass_equals_autodiff_of_the_scan(reset, recurrent, inputs, loop):
     lif = LIFSpec.create(dt_ms=1.0, tau_mem_ms=8.0, tau_syn_ms=4.0, threshold=1.0, v_reset=-0.2, v_rest=0.1,
                          resistance=1.3, reset=reset)
+    # The accelerators' layout: products over all steps outside the loop, 3 steps per iteration (40 is no
+    # multiple of 3: the remainder is checked too).
+    fast = lif._replace(batched_products=True, unroll=3) if loop == "batched" else lif
     spike = make_spike_fn("fast_sigmoid")
     k = jax.random.split(jax.random.PRNGKey(0), 8)
     if inputs == "spikes":  # spikes of a layer below, times W plus b inside the layer
@@ -35,13 +39,16 @@ def test_the_layers_own_backward_pass_equals_autodiff_of_the_scan(reset, recurre
     g_u, g_s = jax.random.normal(k[3], (40, 3, 7)), jax.random.normal(k[4], (40, 3, 7))
     g_last = LIFState(*(jax.random.normal(key, (3, 7)) for key in jax.random.split(k[5], 3)))
 
-    def pulled(layer):
-        (u, s, last), vjp = jax.vjp(lambda *a: layer(lif, spike, True, *a), x, w, b, w_rec, start)
+    def pulled(layer, spec):
+        (u, s, last), vjp = jax.vjp(lambda *a: layer(spec, spike, True, *a), x, w, b, w_rec, start)
         return (u, s), vjp((g_u, g_s, g_last))
 
-    (u0, s0), grads0 = pulled(scanned_layer)
-    (u1, s1), grads1 = pulled(lif_layer)
-    np.testing.assert_array_equal(u1, u0)  # the same forward operations, in the same order
+    (u0, s0), grads0 = pulled(scanned_layer, lif)
+    (u1, s1), grads1 = pulled(lif_layer, fast)
+    if loop == "in_loop":  # the same forward operations, in the same order
+        np.testing.assert_array_equal(u1, u0)
+    else:  # one product over all steps may sum in another order
+        np.testing.assert_allclose(u1, u0, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(s1, s0)
     assert float(s0.mean()) > 0.05, "the layer must spike for the check to mean anything"
     for mine, autodiff in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads0)):
@@ -118,3 +125,27 @@ def test_bf16_products_stay_close_to_f32():
     flat32, flat16 = (jnp.concatenate([g.ravel() for g in jax.tree.leaves(t)]) for t in (grads32, grads16))
     cosine = flat32 @ flat16 / (jnp.linalg.norm(flat32) * jnp.linalg.norm(flat16))
     assert cosine > 0.98, float(cosine)
+
+
+def test_the_platform_picks_the_time_loop_and_the_config_overrides_it():
+    cfg = load_config("configs/bench_shd.yaml")
+    loop = lambda spec: {(l.lif.batched_products, l.lif.unroll) for l in spec.layers}
+    assert loop(network_spec(cfg, platform="cpu")) == {(False, 1)}
+    assert loop(network_spec(cfg, platform="gpu")) == loop(network_spec(cfg, platform="tpu")) == {(True, 10)}
+    chosen = load_config("configs/bench_shd.yaml", ["train.products=in_loop", "train.unroll=4"])
+    assert loop(network_spec(chosen, platform="gpu")) == {(False, 4)}
+
+
+def test_the_accelerators_time_loop_gives_the_networks_loss_and_gradients():
+    overrides = ["data.num_inputs=40", "data.timesteps=30", "model.layers[0].size=16",
+                 "model.layers[1]={size: 8, recurrent: true, reset: hard}"]
+    cpu = network_spec(load_config("configs/bench_shd.yaml", overrides), platform="cpu")
+    gpu = network_spec(load_config("configs/bench_shd.yaml", overrides), platform="gpu")
+    params = init_params(jax.random.PRNGKey(11), cpu)
+    x = jax.random.bernoulli(jax.random.PRNGKey(12), 0.2, (6, 30, 40))
+    y = jnp.arange(6) % cpu.num_classes
+    (loss0, grads0), (loss1, grads1) = (jax.value_and_grad(lambda p: loss_fn(p, x, y, spec)[0])(params)
+                                        for spec in (cpu, gpu))
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads0)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -61,6 +61,28 @@ def _replica(*overrides, batch=32, devices=1):
     return replica, plan_shards(np.arange(batch), 1, devices)[0]
 
 
+@pytest.mark.parametrize("encoding", ["dense", "events"])
+def test_a_split_kept_on_the_devices_trains_and_evaluates_as_from_the_host(encoding):
+    # The default on accelerators: once the host cache holds the split whole, batches are gathered on the
+    # devices. The same rows reach the same step: bitwise the same training.
+    cfg = load_config("configs/tutorial.yaml", ["data.num_samples=64", f"data.encoding={encoding}"])
+    devices = min(2, len(jax.local_devices()))
+    order = np.random.default_rng(3).permutation(np.tile(np.arange(64), 2)).reshape(4, 32)
+    runs = []
+    for on_device in (False, True):
+        replica = Replica(cfg, Layout.over(jax.local_devices()[:devices]), data_on_device=on_device)
+        losses = [float(replica.train_step(plan_shards(rows, 1, devices)[0])["train/loss"]) for rows in order]
+        runs.append((losses, replica.params(), replica.evaluate("train")[0], replica))
+    (losses0, params0, eval0, host), (losses1, params1, eval1, device) = runs
+    assert not host._resident and set(device._resident) == {"train"}, "the device path must have been taken"
+    assert losses1 == losses0
+    for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params0)):
+        np.testing.assert_array_equal(a, b)
+    assert eval1.keys() == eval0.keys()
+    for key in (k for k in eval0 if not k.startswith("perf/")):
+        np.testing.assert_array_equal(eval1[key], eval0[key], err_msg=key)
+
+
 def test_steps_compile_once():
     replica, shard = _replica()
     for _ in range(3):

@@ -38,7 +38,7 @@ class SampleLoader:
         self._warned = False
         n, t, c = len(dataset), dataset.timesteps, dataset.num_inputs
         per_sample = 8 * self.capacity if self.encoding == "events" else t * c
-        self._cache = None
+        self._cache, self._missing = None, n
         if n * per_sample <= cache_bytes:
             if self.encoding == "events":
                 x = SpikeEvents(np.zeros((n, self.capacity), np.int32), np.zeros((n, self.capacity), np.int32))
@@ -67,6 +67,11 @@ class SampleLoader:
             new_x, new_y, new_dropped = self._encode(*self.dataset.load(missing))
             _assign(x, missing, new_x)
             y[missing], dropped[missing], loaded[missing] = new_y, new_dropped, True
+            self._missing -= missing.size
+
+    def whole(self):
+        """``(x, y, dropped)`` of every sample once each has been loaded into the cache, else None."""
+        return None if self._cache is None or self._missing else self._cache[:3]
 
     def _checked(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices)

@@ -1,16 +1,22 @@
 """A hidden LIF layer over a stretch of time, with a hand-written backward pass.
 
 ``lif_layer`` computes exactly what ``lax.scan`` over ``neurons.lif_step``
-computes (the same operations in the same order), with the layer's input
-product ``x_t W + b`` inside the time loop: one step's inputs, weights and
-state fit in the CPU's caches, where one product over all steps streams
-``[T * batch, n_in]`` through memory (on 2 cores 1.3-1.7x slower end to end).
-Its VJP is written out: the reverse loop carries only the error through the
-recurrence and the membrane, plus the per-step products that need this
-step's error (the input's and the recurrent weights' gradients, the
-previous layer's error); the residuals are the layer's inputs and its own
-outputs (voltages and spikes), nothing else, and the surrogate derivative
-is recomputed from the voltages.
+computes (the same operations in the same order). Its VJP is written out:
+the reverse loop carries only the error through the recurrence and the
+membrane; the residuals are the layer's inputs and its own outputs
+(voltages and spikes), nothing else, and the surrogate derivative is
+recomputed from the voltages.
+
+Where the products that are not sequential go is the spec's choice
+(``LIFSpec.batched_products``). On a CPU they stay in the time loop: one
+step's inputs, weights and state fit in the caches, where one product over
+all steps streams ``[T * batch, n_in]`` through memory (on 2 cores 1.3-1.7x
+slower end to end). On an accelerator each loop iteration costs a few
+microseconds of launches whatever it computes, and one large product runs
+near the matrix units' rate: the input product ``X W + b`` is then one
+product before the loop, and the weight and input gradients
+(``X^T dI``, ``S_{t-1}^T dI``, ``dI W^T``) one product each after it; the
+loop keeps only the recurrent ``dI V^T``.
 
 The layer starts from a given state and also returns its last one, so that
 time can be cut into chunks (``train.remat``). The reverse loop carries the
@@ -42,10 +48,12 @@ LayerOut = tuple[jax.Array, jax.Array, LIFState]  # voltages, spikes [T, batch, 
 
 
 def _drive(lif: LIFSpec, inputs_t: jax.Array, w: Optional[jax.Array], b: Optional[jax.Array]) -> jax.Array:
-    """``x_t W + b``; without ``w``, the inputs are the drive already (event input, bias included)."""
+    """``x_t W + b`` (one step's, or every step's); without ``w``, the inputs are the drive already (event
+    input, bias included)."""
     if w is None:
         return inputs_t
-    return matmul(inputs_t.astype(w.dtype), w, lif.matmul_dtype) + b[None, :]
+    product = matmul(inputs_t.astype(w.dtype), w, lif.matmul_dtype)  # [batch, n] or [T, batch, n]
+    return product + b[(None,) * (product.ndim - 1)]
 
 
 def scanned_layer(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, inputs: jax.Array, w: Optional[jax.Array],
@@ -55,11 +63,14 @@ def scanned_layer(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, inputs: jax
     ``inputs [T, batch, n_in]``: spikes (bool or float) times ``w [n_in, n]`` plus ``b``, or with
     ``w`` None the drive itself. ``input_grad``: whether anything needs the inputs' gradient.
     """
+    if lif.batched_products and w is not None:  # every step's drive in one product, before the loop
+        inputs, w, b = _drive(lif, inputs, w, b), None, None
+
     def step(state, inputs_t):
         state = lif_step(lif, spike_fn, w_rec, state, _drive(lif, inputs_t, w, b))
         return state, (state.u, state.s)
 
-    last, (voltages, spikes) = jax.lax.scan(step, start, inputs)
+    last, (voltages, spikes) = jax.lax.scan(step, start, inputs, unroll=lif.unroll)
     return voltages, spikes, last
 
 
@@ -81,12 +92,14 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
     scale = lif.threshold - lif.v_reset
     leak = (1.0 - lif.mem_decay) * lif.resistance
     dtype = voltages.dtype
+    in_loop = not lif.batched_products
     # drop_t: how much U'_t falls per spike of step t - 1 (a constant for the soft reset).
     before = None if lif.soft_reset else jnp.concatenate([start.u[None], voltages[:-1]])
     previous = jnp.concatenate([start.s[None], spikes[:-1]])
     w_back = None if w is None else w.T
     v_back = None if w_rec is None else w_rec.T
-    zeros = lambda like: None if like is None else jnp.zeros(like.shape, dtype)
+    zeros = lambda like: None if like is None or not in_loop else jnp.zeros(like.shape, dtype)
+    product = lambda a, b: matmul(a, b, lif.matmul_dtype)
 
     def step(carry, per_step):
         c_i, c_u, c_s, d_w, d_v = carry
@@ -99,20 +112,37 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
         du_next = lif.mem_decay * du
         c_s = -(scale if u_before is None else u_before - lif.v_reset) * du_next
         if v_back is not None:
-            c_s = c_s + matmul(di, v_back, lif.matmul_dtype)
-            d_v = d_v + matmul(s_before.T, di, lif.matmul_dtype)
+            c_s = c_s + product(di, v_back)
+        carry = (lif.syn_decay * di, du_next, c_s)
+        if not in_loop:
+            return (*carry, d_w, d_v), di
+        if v_back is not None:
+            d_v = d_v + product(s_before.T, di)
         if w is None:
             d_x = di
         else:
-            d_w = d_w + matmul(x_t.astype(dtype).T, di, lif.matmul_dtype)
-            d_x = matmul(di, w_back, lif.matmul_dtype) if input_grad else None
-        return (lif.syn_decay * di, du_next, c_s, d_w, d_v), (sum_leading(di), d_x)
+            d_w = d_w + product(x_t.astype(dtype).T, di)
+            d_x = product(di, w_back) if input_grad else None
+        return (*carry, d_w, d_v), (sum_leading(di), d_x)
 
-    (c_i, c_u, c_s, d_w, d_v), (d_b, d_inputs) = jax.lax.scan(
-        step, (g_last.i, g_last.u, g_last.s, zeros(w), zeros(w_rec)),
-        (g_voltages, g_spikes, voltages, before, previous, inputs), reverse=True)
-    d_inputs = d_inputs if input_grad or w is None else None
-    return d_inputs, d_w, None if b is None else sum_leading(d_b), d_v, LIFState(c_i, c_u, c_s)
+    per_step = (g_voltages, g_spikes, voltages, before, previous if in_loop else None, inputs if in_loop else None)
+    (c_i, c_u, c_s, d_w, d_v), outputs = jax.lax.scan(
+        step, (g_last.i, g_last.u, g_last.s, zeros(w), zeros(w_rec)), per_step, reverse=True, unroll=lif.unroll)
+    if in_loop:
+        d_b, d_inputs = outputs
+        d_inputs = d_inputs if input_grad or w is None else None
+        d_b = None if b is None else sum_leading(d_b)
+    else:  # the products over all steps, each one matmul over time and batch
+        d_drive = outputs
+        rows = lambda a: a.reshape(-1, a.shape[-1])
+        d_v = None if w_rec is None else product(rows(previous).T, rows(d_drive))
+        if w is None:
+            d_inputs, d_b = d_drive, None
+        else:
+            d_w = product(rows(inputs).astype(dtype).T, rows(d_drive))
+            d_b = sum_leading(rows(d_drive))
+            d_inputs = product(d_drive, w_back) if input_grad else None
+    return d_inputs, d_w, d_b, d_v, LIFState(c_i, c_u, c_s)
 
 
 lif_layer.defvjp(_forward, _backward)

@@ -22,12 +22,17 @@ class LIFSpec(NamedTuple):
     resistance: float
     soft_reset: bool
     matmul_dtype: Optional[jnp.dtype] = None  # the recurrent product's inputs (precision.MATMUL_DTYPES)
+    # How the layer walks through time (lif_layer): the input product and the weight gradients as one
+    # product over all steps, outside the time loop (else step by step, inside it); time steps per loop
+    # iteration.
+    batched_products: bool = False
+    unroll: int = 1
 
     @classmethod
-    def create(cls, *, dt_ms, tau_mem_ms, tau_syn_ms, threshold=1.0, v_reset=0.0,
-               v_rest=0.0, resistance=1.0, reset="soft", matmul_dtype=None) -> "LIFSpec":
+    def create(cls, *, dt_ms, tau_mem_ms, tau_syn_ms, threshold=1.0, v_reset=0.0, v_rest=0.0, resistance=1.0,
+               reset="soft", matmul_dtype=None, batched_products=False, unroll=1) -> "LIFSpec":
         return cls(math.exp(-dt_ms / tau_syn_ms), math.exp(-dt_ms / tau_mem_ms), threshold,
-                   v_reset, v_rest, resistance, reset == "soft", matmul_dtype)
+                   v_reset, v_rest, resistance, reset == "soft", matmul_dtype, batched_products, unroll)
 
 
 class LIFState(NamedTuple):

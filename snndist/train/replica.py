@@ -25,9 +25,16 @@ from snndist.train.step import (Layout, TrainState, make_apply_step, make_eval_s
 
 
 class Replica:
-    def __init__(self, cfg: Config, layout: Layout):
+    def __init__(self, cfg: Config, layout: Layout, data_on_device: bool | None = None):
+        """``data_on_device``: once the host cache holds a split whole, keep it on the devices and gather
+        each batch there (default: on accelerators, where a host gather and copy per step cost more than
+        the step itself at SHD scale; on a CPU the "device" is the host already)."""
         self.cfg = cfg
         self.layout = layout
+        self.data_on_device = jax.default_backend() != "cpu" if data_on_device is None else data_on_device
+        self._resident: dict[str, tuple] = {}  # split -> ((x, y) on the devices, dropped events on the host)
+        self._gather = jax.jit(lambda data, rows: jax.tree.map(lambda a: a[rows], data),
+                               out_shardings=layout.batch)
         self.spec = spec = network_spec(cfg)
         optimizer, schedule = make_optimizer(cfg.train)
         self.state = make_init(layout, lambda key: init_params(key, spec), optimizer)(
@@ -58,8 +65,6 @@ class Replica:
     def _global_batch(self, shard: Shard, split: str):
         """This process's rows -> arrays of the global batch, split over the mesh."""
         began = time.perf_counter()
-        x, y, dropped = self.loader(split).load(shard.indices)
-        self.dropped = float(dropped @ shard.weights)  # past the time window, in this shard's real samples
 
         def put(local):
             local = np.asarray(local)
@@ -68,9 +73,26 @@ class Replica:
             shape = (local.shape[0] * self.processes, *local.shape[1:])
             return jax.make_array_from_process_local_data(self.layout.batch, local, shape)
 
-        batch = jax.tree.map(put, x), put(y), put(shard.weights)
+        resident = self._resident_split(split)
+        if resident is None:
+            x, y, dropped = self.loader(split).load(shard.indices)
+            x, y = jax.tree.map(put, x), put(y)
+        else:
+            (x, y), dropped = self._gather(resident[0], shard.indices), resident[1][shard.indices]
+        self.dropped = float(dropped @ shard.weights)  # past the time window, in this shard's real samples
+        batch = x, y, put(shard.weights)
         self.data_s = time.perf_counter() - began
         return batch
+
+    def _resident_split(self, split: str):
+        """The split on the devices, once the loader holds all of it (one process: the others of a global
+        mesh feed their own rows)."""
+        if split not in self._resident and self.data_on_device and self.processes == 1:
+            whole = self.loader(split).whole()
+            if whole is not None:
+                x, y, dropped = whole
+                self._resident[split] = jax.device_put((x, y), self.layout.replicated), dropped
+        return self._resident.get(split)
 
     def _host_metrics(self) -> Metrics:
         return {"perf/data_s": self.data_s, "count/dropped_events": self.dropped}
