@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # snndist's train step on a GPU machine, in under 5 minutes (about 3 on one H100-class GPU):
 #   - the tutorial and bench_shd configs, and a large one (1024 recurrent LIF, batch 1024, T 250),
-#     each in f32 and bf16: ms/step, samples/s, compile time, peak memory, and the achieved
+#     each in f32, tf32 and bf16: ms/step, samples/s, compile time, peak memory, and the achieved
 #     matmul FLOP/s of the step against the matmul peak measured here (f32 and bf16);
 #   - 1 vs 2 replicas on one GPU (two processes, each held to 45% of its memory);
 #   - loss and gradients on the GPU against the CPU (scripts/gpu_parity.py).
@@ -21,13 +21,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 "$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())"
 
 LARGE=${LARGE:-"--set model.layers[0].size=1024 --set train.global_batch=1024 --set data.timesteps=250 --set data.num_samples=2048"}
+# f32: true f32 products (train.matmul_precision: highest, the default); tf32: JAX's default precision,
+# TF32 products on NVIDIA GPUs; bf16: bf16 products with f32 accumulation.
+declare -A SETS=([f32]="--set train.precision=f32" [tf32]="--set train.matmul_precision=default"
+                 [bf16]="--set train.precision=bf16")
 run() {  # name, config, precision, extra --set arguments
     local name=$1 config=$2 precision=$3; shift 3
     echo "== $name ($precision)" >&2
-    timeout 120 "$PYTHON" -m snndist bench --config "$config" --set train.precision="$precision" "$@" \
+    # shellcheck disable=SC2086
+    timeout 120 "$PYTHON" -m snndist bench --config "$config" ${SETS[$precision]} "$@" \
         --steps "$STEPS" --json > "$OUT/$name-$precision.json" || { echo "FAILED: $name ($precision)" >&2; rm -f "$OUT/$name-$precision.json"; }
 }
-for precision in f32 bf16; do
+for precision in f32 tf32 bf16; do
     run tutorial configs/tutorial.yaml "$precision"
     run shd configs/bench_shd.yaml "$precision"
     # shellcheck disable=SC2086
@@ -51,7 +56,7 @@ def read(name):
     path = out / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() and path.stat().st_size else None
 for name in ("tutorial", "shd", "large"):
-    for precision in ("f32", "bf16"):
+    for precision in ("f32", "tf32", "bf16"):
         r = read(f"{name}-{precision}")
         if r is None:
             print(f"| {name} | {precision} | failed | | | | | | | |")

@@ -47,6 +47,7 @@ Split = Literal["train", "valid", "test"]
 BestMode = Literal["min", "max"]
 Precision = Literal["f32", "bf16"]
 Products = Literal["auto", "in_loop", "batched"]
+MatmulPrecision = Literal["highest", "high", "default"]
 WandbMode = Literal["online", "offline", "disabled"]
 WandbOnError = Literal["offline", "disable", "fail"]
 Accelerator = Literal["auto", "cpu", "gpu", "tpu"]
@@ -182,6 +183,10 @@ class TrainConfig:
     # The matrix products' inputs: f32, or bf16 with f32 accumulation (for accelerators; the state and the
     # elementwise math stay f32).
     precision: Precision = added("f32")
+    # f32 products on accelerators: highest is true f32 (a GPU reproduces the CPU to 1e-5); default lets JAX
+    # use TF32 on NVIDIA GPUs and bf16 passes on TPUs (faster; spikes flip, results differ by ~1e-2); high:
+    # between. No effect on CPUs. The step's math changes on accelerators, so a resume may not change it.
+    matmul_precision: MatmulPrecision = added("highest")
     # Walk through time in chunks of this many steps, each recomputed in the backward pass: memory grows
     # with T / remat + remat instead of T, for about one more forward pass (0: off). The same math; the
     # sums over time are added chunk by chunk, so results may differ in the last bits, and a resume may

@@ -83,6 +83,17 @@ def test_a_split_kept_on_the_devices_trains_and_evaluates_as_from_the_host(encod
         np.testing.assert_array_equal(eval1[key], eval0[key], err_msg=key)
 
 
+@pytest.mark.parametrize("precision,expected", [("highest", "HIGHEST"), ("default", "DEFAULT")])
+def test_every_product_of_the_step_has_the_configured_precision(precision, expected):
+    # On accelerators JAX's default runs f32 products as TF32 or bf16 passes; the config's choice must reach
+    # every product, the hand-written backward pass's too.
+    replica, shard = _replica(f"train.matmul_precision={precision}", "model.layers[0].recurrent=true")
+    step = replica._train_step.lower(replica.state, *replica._global_batch(shard, "train")).as_text()
+    products = [line for line in step.splitlines() if "stablehlo.dot_general" in line]
+    assert len(products) >= 6, step  # input, recurrent and readout products, forward and backward
+    assert all(f"precision = [{expected}, {expected}]" in line for line in products), products
+
+
 def test_steps_compile_once():
     replica, shard = _replica()
     for _ in range(3):

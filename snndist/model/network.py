@@ -74,6 +74,7 @@ class NetworkSpec(NamedTuple):
     spike_fn: SpikeFn
     matmul_dtype: Optional[jnp.dtype] = None  # the products' inputs (precision.MATMUL_DTYPES); None: as they are
     remat_steps: int = 0  # the loss walks through time in chunks of this many steps, recomputed backward; 0: off
+    matmul_precision: Optional[str] = None  # JAX's precision for f32 products (jax.default_matmul_precision)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -60,7 +60,8 @@ def bench(cfg: Config, steps: int = 20, say: Callable[[str], None] = print) -> d
     say(f"measuring this machine's matmul rate ({cfg.train.precision})")
     device = jax.devices()[0]
     # An accelerator finishes a 4096-cubed product in well under a millisecond: launch overhead would show.
-    rate = matmul_rate(4096 if device.platform == "cpu" else 8192, dtype=MATMUL_DTYPES[cfg.train.precision])
+    with jax.default_matmul_precision(cfg.train.matmul_precision):  # the step's own (TF32 or true f32 on GPUs)
+        rate = matmul_rate(4096 if device.platform == "cpu" else 8192, dtype=MATMUL_DTYPES[cfg.train.precision])
     flops = sum(train_step_flops(runner.replica.spec, batch).values())
     return {"ms_per_step": ms, "samples_per_s": batch / (ms / 1000.0), "compile_s": compile_s,
             "peak_memory_bytes": peak_memory, "flop_floor_ms": 1000.0 * flops / rate,

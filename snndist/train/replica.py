@@ -45,7 +45,7 @@ class Replica:
         self._grad_step = make_grad_step(spec, layout)
         self._apply_step = make_apply_step(optimizer, schedule, layout, nan_steps)
         self._eval_step = make_eval_step(spec, layout)
-        self._trace = jax.jit(lambda params, x: forward(params, x, spec))  # on the default device
+        self._trace = jax.jit(self._traced)  # on the default device
         # Processes sharing the mesh; each feeds 1/processes of every global batch.
         self.processes = layout.size // len(layout.mesh.local_devices)
 
@@ -145,6 +145,10 @@ class Replica:
 
     def params(self) -> dict:
         return to_host(self.state.params)
+
+    def _traced(self, params: dict, x):
+        with jax.default_matmul_precision(self.spec.matmul_precision):
+            return forward(params, x, self.spec)
 
     def trace(self, indices: np.ndarray, split: str = "train") -> dict:
         """Voltages, spikes and readout of samples ``indices`` (host arrays), for pictures.

@@ -42,4 +42,4 @@ def network_spec(cfg: Config, spike_fn: SpikeFn | None = None, platform: Optiona
         num_inputs=d.num_inputs, num_classes=d.num_classes, timesteps=d.timesteps, dt_ms=d.dt_ms, layers=layers,
         readout_decay=math.exp(-d.dt_ms / m.readout.tau_ms), readout_init=Init(m.readout.init, m.readout.init_scale),
         reduce=m.readout.reduce, spike_fn=spike_fn or make_spike_fn(m.surrogate, **m.surrogate_params),
-        matmul_dtype=matmul_dtype, remat_steps=t.remat)
+        matmul_dtype=matmul_dtype, remat_steps=t.remat, matmul_precision=t.matmul_precision)

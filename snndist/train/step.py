@@ -44,7 +44,9 @@ def init_state(params: dict, optimizer: optax.GradientTransformation) -> TrainSt
 
 def compute_grads(params: dict, x, y: jax.Array, weights: jax.Array, spec: NetworkSpec) -> tuple[dict, Metrics]:
     """Mean loss gradient over the batch's real samples, and the batch's metrics."""
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, spec, weights)
+    # The backward pass is traced here too, inside the precision's scope.
+    with jax.default_matmul_precision(spec.matmul_precision):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, spec, weights)
     metrics = {"train/loss": loss, "train/cross_entropy": aux.cross_entropy, "train/accuracy": aux.accuracy}
     for name, rate, counts in zip(spec.names, aux.rate_hz, aux.neuron_spikes):
         metrics[f"spikes/rate_hz/{name}"] = rate
@@ -78,7 +80,8 @@ def apply_grads(state: TrainState, grads: dict, loss: jax.Array, optimizer: opta
 
 
 def eval_metrics(params: dict, x, y: jax.Array, weights: jax.Array, spec: NetworkSpec) -> Metrics:
-    loss, aux = loss_fn(params, x, y, spec, weights)
+    with jax.default_matmul_precision(spec.matmul_precision):
+        loss, aux = loss_fn(params, x, y, spec, weights)
     metrics = {"eval/loss": loss, "eval/cross_entropy": aux.cross_entropy, "eval/accuracy": aux.accuracy}
     for name, rate, counts in zip(spec.names, aux.rate_hz, aux.neuron_spikes):
         metrics[f"eval/rate_hz/{name}"] = rate
