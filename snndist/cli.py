@@ -131,9 +131,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if not args.local:
-        # The coordinator holds no device memory: JAX (which Orbax imports) stays on the host here,
-        # even on a GPU head node. Workers choose their platform through their own environment.
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        # The coordinator holds no device memory: JAX (which Orbax imports) stays on the host here, whatever
+        # the shell says (JAX_PLATFORMS=cuda would take 75% of a GPU head's first GPU). Workers choose their
+        # platform through their own environment (cluster.worker_env).
+        os.environ["JAX_PLATFORMS"] = "cpu"
     from snndist.config import load_config
     from snndist.run.launch import resume_config, train
     from snndist.store.rundir import default_run_dir

@@ -242,6 +242,9 @@ class ClusterConfig:
     devices_per_worker: int = 1  # GPUs or TPU chips; on CPU, host devices XLA exposes per worker
     placement_strategy: PlacementStrategy = "PACK"
     resource_timeout_s: float = 60.0  # how long to wait for the workers' resources
+    # merged into the workers' environment: NCCL_*, XLA_FLAGS, LIBTPU_INIT_ARGS, ... (never the W&B key: only
+    # the coordinator talks to W&B)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -528,6 +531,11 @@ def _validate(cfg: Config) -> None:
     _check(t.remat >= 0 and (t.remat == 0 or d.timesteps % t.remat == 0), "train.remat", t.remat,
            f"must be 0 (off) or divide data.timesteps={d.timesteps}, e.g. {_divisor_near_sqrt(d.timesteps)}")
 
+    for key in cfg.cluster.env:
+        _check(key != "WANDB_API_KEY", f"cluster.env.{key}", "...",
+               "the W&B key is never sent to workers (only the coordinator talks to W&B)")
+        _check(key != "JAX_PLATFORMS", f"cluster.env.{key}", cfg.cluster.env[key],
+               "set by cluster.accelerator, not here")
     _check(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "must be > 0")
     _check(cfg.checkpoint.keep > 0, "checkpoint.keep", cfg.checkpoint.keep, "must be > 0")
     _check(cfg.checkpoint.keep_best >= 0, "checkpoint.keep_best", cfg.checkpoint.keep_best, "must be >= 0")

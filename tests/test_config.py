@@ -111,6 +111,10 @@ BAD = [
     (["=3"], "--set '=3': expected KEY=VALUE"),
     (["train..steps=3"], "malformed key"),
     (["model.layers[5].size=3"], "index 5 is out of range"),
+    (["cluster.env={WANDB_API_KEY: secret-key}"],
+     "cluster.env.WANDB_API_KEY='...': the W&B key is never sent to workers"),
+    (["cluster.env={JAX_PLATFORMS: cuda}"], "cluster.env.JAX_PLATFORMS='cuda': set by cluster.accelerator"),
+    (["train.unroll=0"], "train.unroll=0: must be >= 1"),
 ]
 
 

@@ -1,4 +1,7 @@
 """Distributed training on a real local Ray instance: topology does not change the result."""
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -6,6 +9,7 @@ import pytest
 import ray
 
 from snndist.config import load_config
+from snndist.dist.cluster import check_group, worker_env
 from snndist.dist.coordinator import RayRunner
 from snndist.data.order import batch_indices
 from snndist.errors import ClusterError, WorkerError, WorkerLost
@@ -125,3 +129,34 @@ def test_a_dead_peer_does_not_hang_the_xla_group(local_ray):
     finally:
         runner.close()
     assert time.monotonic() - began < 90, "close() must give up on the survivor's collective"
+
+
+def test_the_drivers_jax_stays_on_the_host_whatever_the_shell_says():
+    # JAX reads JAX_PLATFORMS when it is imported: after `snndist train` (no --local) has begun, the
+    # driver's JAX must be on the CPU even with JAX_PLATFORMS=cuda in the shell (here, without CUDA, JAX
+    # would fail; on a GPU head it would take 75% of the first GPU). A bad field ends the command early.
+    code = ("from snndist import cli\n"
+            "assert cli.main(['train', '--config', 'configs/tutorial.yaml', '--set', 'train.steps=0']) == 2\n"
+            "import jax\n"
+            "print(jax.devices()[0].platform)")
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "JAX_PLATFORMS": "cuda"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "cpu", result.stderr
+
+
+def test_a_group_that_did_not_form_is_one_line():
+    check_group(rank=1, workers=2, devices_per_worker=2, processes=2, devices=4)  # as planned
+    with pytest.raises(ClusterError) as err:  # each worker alone: one process, its own devices
+        check_group(rank=1, workers=2, devices_per_worker=2, processes=1, devices=2)
+    assert str(err.value) == ("worker 1: the jax.distributed group did not form as planned: JAX sees 1 "
+                              "process(es) with 2 device(s) in all, the run planned 2 worker(s) x 2 device(s) "
+                              "(cluster.devices_per_worker)")
+
+
+def test_cluster_env_reaches_the_workers_environment_under_snndists_own():
+    user = {"NCCL_DEBUG": "INFO", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    assert worker_env("cpu", 2, user) == {
+        "NCCL_DEBUG": "INFO", "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=2"}
+    assert worker_env("gpu", 4, user) == {**user, "JAX_PLATFORMS": "cuda"}
+    assert worker_env("tpu", 4) == {"JAX_PLATFORMS": "tpu"}

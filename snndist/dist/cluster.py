@@ -131,16 +131,30 @@ def release(reservation: Reservation) -> None:
     remove_placement_group(reservation.group)
 
 
-def worker_env(accelerator: str, devices: int) -> dict[str, str]:
-    """Environment a worker needs before it imports JAX.
+def worker_env(accelerator: str, devices: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment a worker needs before it imports JAX, over ``extra`` (``cluster.env``: NCCL_*, XLA_FLAGS,
+    LIBTPU_INIT_ARGS, ...).
 
-    CPU workers get ``devices`` host devices. GPU workers see the GPUs Ray
-    assigned them through CUDA_VISIBLE_DEVICES, which Ray sets; JAX numbers
-    them from 0.
+    CPU workers get ``devices`` host devices (after the user's own XLA_FLAGS). GPU workers see the GPUs Ray
+    assigned them through CUDA_VISIBLE_DEVICES, which Ray sets; JAX numbers them from 0.
     """
+    env = dict(extra or {})
+    env["JAX_PLATFORMS"] = {"cpu": "cpu", "gpu": "cuda"}.get(accelerator, "tpu")
     if accelerator == "cpu":
-        return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    return {"JAX_PLATFORMS": "cuda" if accelerator == "gpu" else "tpu"}
+        env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"),
+                                                  f"--xla_force_host_platform_device_count={devices}"]))
+    return env
+
+
+def check_group(rank: int, workers: int, devices_per_worker: int, processes: int, devices: int) -> None:
+    """After ``jax.distributed.initialize``: the group JAX sees is the one planned, or ClusterError.
+
+    A group that did not form would leave each worker training alone, silently, under XLA sync.
+    """
+    if (processes, devices) != (workers, workers * devices_per_worker):
+        raise ClusterError(f"worker {rank}: the jax.distributed group did not form as planned: JAX sees "
+                           f"{processes} process(es) with {devices} device(s) in all, the run planned {workers} "
+                           f"worker(s) x {devices_per_worker} device(s) (cluster.devices_per_worker)")
 
 
 def pin_to_cores(rank: int, cpus: int) -> list[int]:

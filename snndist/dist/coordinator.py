@@ -58,7 +58,7 @@ class RayRunner:
             options = dict(
                 name=f"snndist-{run_name}-rank{rank}", num_cpus=c.cpus_per_worker, max_restarts=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.reservation.group, rank),
-                runtime_env={"env_vars": cluster.worker_env(accelerator, c.devices_per_worker)})
+                runtime_env={"env_vars": cluster.worker_env(accelerator, c.devices_per_worker, c.env)})
             if accelerator == "gpu":
                 options["num_gpus"] = c.devices_per_worker
             elif accelerator == "tpu":

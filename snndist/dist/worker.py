@@ -12,7 +12,7 @@ import ray
 
 from snndist.config import from_dict
 from snndist.data.order import Shard
-from snndist.dist.cluster import pin_to_cores
+from snndist.dist.cluster import check_group, pin_to_cores
 
 
 class Worker:
@@ -44,6 +44,8 @@ class Worker:
                                        local_device_ids=local_ids,
                                        initialization_timeout=int(self.cfg.cluster.resource_timeout_s))
             self.distributed = True
+            check_group(self.rank, self.workers, self.cfg.cluster.devices_per_worker, jax.process_count(),
+                        jax.device_count())
             devices = jax.devices()
         else:
             devices = jax.local_devices()
