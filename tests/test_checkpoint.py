@@ -226,9 +226,15 @@ def _ray_fit(run_dir, sync, kill_before=None):
         runner.close()
 
 
+@pytest.fixture(scope="module")
+def ray_reference(local_ray, tmp_path_factory):
+    """The uninterrupted 2-worker run (coordinator sync; xla sync gives it to 1e-5, test_distributed)."""
+    return _ray_fit(tmp_path_factory.mktemp("ray") / "whole", "coordinator")[0]
+
+
 @pytest.mark.parametrize("sync", ["coordinator", "xla"])
-def test_killed_workers_are_replaced_and_the_result_is_unchanged(local_ray, tmp_path, sync):
-    reference, _, _ = _ray_fit(tmp_path / "whole", sync)
+def test_killed_workers_are_replaced_and_the_result_is_unchanged(ray_reference, tmp_path, sync):
+    reference = ray_reference
     params, summary, lines = _ray_fit(tmp_path / "killed", sync, kill_before={8: 1, 17: 0})
     recoveries = [l for l in lines if l.startswith("recovered:")]
     assert len(recoveries) == 2, lines
