@@ -184,7 +184,7 @@ class TrainConfig:
     # elementwise math stay f32).
     precision: Precision = added("f32")
     # f32 products on accelerators: highest is true f32 (a GPU reproduces the CPU to 1e-5); default lets JAX
-    # use TF32 on NVIDIA GPUs and bf16 passes on TPUs (faster; spikes flip, results differ by ~1e-2); high:
+    # use TF32 on NVIDIA GPUs and bf16 passes on TPUs (faster; spikes flip, gradients move by up to ~3%); high:
     # between. No effect on CPUs. The step's math changes on accelerators, so a resume may not change it.
     matmul_precision: MatmulPrecision = added("highest")
     # Walk through time in chunks of this many steps, each recomputed in the backward pass: memory grows

@@ -160,3 +160,26 @@ def test_cluster_env_reaches_the_workers_environment_under_snndists_own():
         "XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=2"}
     assert worker_env("gpu", 4, user) == {**user, "JAX_PLATFORMS": "cuda"}
     assert worker_env("tpu", 4) == {"JAX_PLATFORMS": "tpu"}
+
+
+@ray.remote
+class _Peer:
+    def step(self, fail: bool = False):
+        if fail:
+            raise RuntimeError("Gloo all-reduce failed: Connection reset by peer")
+        return 1
+
+
+def test_a_workers_error_with_a_dead_peer_is_the_peers_loss(local_ray):
+    # A peer killed mid-collective fails the survivor's all-reduce first; the failure must read as the
+    # peer's loss (recovered from checkpoints), not as the survivor's bug (which stops the run).
+    from snndist.dist.coordinator import _lost_among
+
+    dead, alive, failing = _Peer.remote(), _Peer.remote(), _Peer.remote()
+    ray.get([dead.step.remote(), alive.step.remote()])
+    ray.kill(dead)
+    refs = [dead.step.remote(), alive.step.remote(), failing.step.remote(True)]
+    lost = _lost_among(list(refs), {ref: rank for rank, ref in enumerate(refs)}, grace_s=30)
+    assert isinstance(lost, WorkerLost) and lost.rank == 0 and "ActorDiedError" in str(lost)
+    healthy = [alive.step.remote(), failing.step.remote(True)]
+    assert _lost_among(healthy, {ref: rank for rank, ref in enumerate(healthy)}, grace_s=30) is None

@@ -26,6 +26,7 @@ from snndist.track.metrics import Metrics, weighted_mean, weighted_tree_mean
 
 SHUTDOWN_TIMEOUT_S = 30
 DRAIN_POLL_S = 2.0  # how often to ask Ray whether a node of this run is being drained
+PEER_DEATH_GRACE_S = 5.0  # after a worker's error, how long to look for a dead peer that caused it
 
 
 class RayRunner:
@@ -268,11 +269,34 @@ class RayRunner:
                 if out_of_device_memory(cause):
                     raise OutOfMemory(f"worker {rank_of[ready[0]]} ran out of device memory "
                                       f"({one_line(cause, 200)}); {OutOfMemory.HINT}") from None
-                raise WorkerError(rank_of[ready[0]], f"{type(cause).__name__}: {one_line(cause)}") from None
+                # A peer that died mid-collective fails the others' all-reduce first ("Gloo all-reduce
+                # failed: ... Connection reset by peer"): that is the peer's loss, not this worker's bug.
+                raise (_lost_among(pending, rank_of, PEER_DEATH_GRACE_S)
+                       or WorkerError(rank_of[ready[0]], f"{type(cause).__name__}: {one_line(cause)}")) from None
             except ray.exceptions.RayActorError as err:
                 self.failed = True
-                raise WorkerLost(rank_of[ready[0]], f"{type(err).__name__}: {one_line(err, 200)}") from None
+                raise _lost(rank_of[ready[0]], err) from None
         return ray.get(refs)
+
+
+def _lost(rank: int, err: Exception) -> WorkerLost:
+    return WorkerLost(rank, f"{type(err).__name__}: {one_line(err, 200)}")
+
+
+def _lost_among(pending: list, rank_of: dict, grace_s: float) -> WorkerLost | None:
+    """The first of ``pending`` whose actor turns out dead within ``grace_s``; None if none does."""
+    deadline = time.monotonic() + grace_s
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return None
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayActorError as err:
+            return _lost(rank_of[ready[0]], err)
+        except ray.exceptions.RayError:
+            continue
+    return None
 
 
 def _killed_for_memory(rank: int, report: str) -> str:
