@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -52,15 +51,11 @@ def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False
 
 def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, *, local: bool, resume: bool, restart: bool,
          say: Callable[[str], None]) -> dict:
-    # A new run starts W&B (seconds: its service process) while Ray and the workers start; a resumed
-    # one must first read from its checkpoint which W&B run it continues.
-    early_wandb = None if resume else _in_background(lambda: _wandb(cfg, run_dir, None, None, say))
-    try:
-        runner = _runner(cfg, run_dir, local, say)
-    except BaseException:
-        if early_wandb is not None:
-            _discard(early_wandb)
-        raise
+    # W&B starts in this thread, after the runner: on CPython 3.11 importing W&B in a second thread (pydantic
+    # parses its classes' source) while this one imports or compiles can fail with "AST constructor
+    # recursion depth mismatch" (CPython gh-106905); a resumed run must also first read which W&B run it
+    # continues.
+    runner = _runner(cfg, run_dir, local, say)
     # After the runner: ray.init installs a SIGTERM handler of its own that ends the process at once.
     stop = StopSignal().install()
     try:
@@ -84,10 +79,7 @@ def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, *, local: bool, resu
                 say(f"resumed at step {start_step} (saved on {meta['topology']})")
         # W&B before the run's own files: if it may stop the run (on_error: fail), a new run leaves
         # nothing that would refuse the same command once W&B is back.
-        if early_wandb is not None:
-            wandb, early_wandb = early_wandb.result(), None
-        else:
-            wandb = _wandb(cfg, run_dir, wandb_run_id, last_logged_step(run_dir), say)
+        wandb = _wandb(cfg, run_dir, wandb_run_id, last_logged_step(run_dir), say)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         checkpointer = checkpointer or Checkpointer(run_dir, cfg.checkpoint, say=say)
         meta = {"wandb_run_id": wandb.run_id if wandb else None}
@@ -108,26 +100,7 @@ def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, *, local: bool, resu
         checkpointer.close()
         return summary
     finally:
-        if early_wandb is not None:  # the run stopped before it was needed
-            _discard(early_wandb)
         runner.close()
-
-
-def _in_background(start: Callable[[], object]) -> Future:
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snndist-wandb-start")
-    future = pool.submit(start)
-    pool.shutdown(wait=False)
-    return future
-
-
-def _discard(started: Future) -> None:
-    """Finish a W&B run started for a run that stopped before its first step; its error, if any, is moot."""
-    try:
-        tracker = started.result()
-        if tracker is not None:
-            tracker.finish()
-    except Exception:  # noqa: BLE001 - the run's own error is the one reported
-        pass
 
 
 def _check_shared(runner: Runner, run_dir: epath.Path) -> None:
