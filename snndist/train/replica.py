@@ -31,11 +31,12 @@ class Replica:
         the step itself at SHD scale; on a CPU the "device" is the host already)."""
         self.cfg = cfg
         self.layout = layout
-        self.data_on_device = jax.default_backend() != "cpu" if data_on_device is None else data_on_device
+        platform = layout.mesh.devices.flat[0].platform  # what the step runs on: picks the time loop and data path
+        self.data_on_device = platform != "cpu" if data_on_device is None else data_on_device
         self._resident: dict[str, tuple] = {}  # split -> ((x, y) on the devices, dropped events on the host)
         self._gather = jax.jit(lambda data, rows: jax.tree.map(lambda a: a[rows], data),
                                out_shardings=layout.batch)
-        self.spec = spec = network_spec(cfg)
+        self.spec = spec = network_spec(cfg, platform=platform)
         optimizer, schedule = make_optimizer(cfg.train)
         self.state = make_init(layout, lambda key: init_params(key, spec), optimizer)(
             jax.random.PRNGKey(cfg.train.seed))
