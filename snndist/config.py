@@ -241,7 +241,12 @@ class ClusterConfig:
     pin_cpus: bool = False  # CPU workers: confine each to cpus_per_worker cores (XLA uses every core it sees)
     devices_per_worker: int = 1  # GPUs or TPU chips; on CPU, host devices XLA exposes per worker
     placement_strategy: PlacementStrategy = "PACK"
-    resource_timeout_s: float = 60.0  # how long to wait for the workers' resources
+    # how long to wait for the workers' resources; None: no limit on a cluster (--address, RAY_ADDRESS, a Ray
+    # job: capacity frees and nodes join), 60 s on the embedded local instance
+    resource_timeout_s: Optional[float] = None
+    # grad_sync xla: the port of the jax.distributed coordinator, on worker 0's node (a firewall's hole); null: a
+    # free one. Taken when the group starts: the group starts again on a free one.
+    coordinator_port: Optional[int] = None
     # merged into the workers' environment: NCCL_*, XLA_FLAGS, LIBTPU_INIT_ARGS, ... (never the W&B key: only
     # the coordinator talks to W&B)
     env: dict[str, str] = field(default_factory=dict)
@@ -549,7 +554,10 @@ def _validate(cfg: Config) -> None:
     c = cfg.cluster
     _check(c.cpus_per_worker > 0, "cluster.cpus_per_worker", c.cpus_per_worker, "must be > 0")
     _check(c.devices_per_worker > 0, "cluster.devices_per_worker", c.devices_per_worker, "must be > 0")
-    _check(c.resource_timeout_s > 0, "cluster.resource_timeout_s", c.resource_timeout_s, "must be > 0")
+    _check(c.resource_timeout_s is None or c.resource_timeout_s > 0, "cluster.resource_timeout_s",
+           c.resource_timeout_s, "must be > 0 (or null: no limit on a cluster)")
+    _check(c.coordinator_port is None or 0 < c.coordinator_port < 65536, "cluster.coordinator_port",
+           c.coordinator_port, "must be a port number, 1 to 65535 (or null: a free one)")
     _check(t.step_timeout_s > 0, "train.step_timeout_s", t.step_timeout_s, "must be > 0")
     _check(t.drift_check_every > 0, "train.drift_check_every", t.drift_check_every, "must be > 0")
 

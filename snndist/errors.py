@@ -66,6 +66,11 @@ class WorkerError(SnndistError):
         self.rank = rank
 
 
+class JoinFailed(SnndistError):
+    """A worker could not join its ``jax.distributed`` group (its port taken, a peer gone): the coordinator
+    starts the group again, once, then counts it a lost worker."""
+
+
 class WorkerLost(SnndistError):
     """A worker's process died, or a step outlived its timeout: recovered from a checkpoint."""
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -135,6 +137,25 @@ def wait_for_nodes(nodes: list[Node], timeout_s: float = 120) -> list[str]:
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"the cluster did not reach {count} nodes within {timeout_s} s:\n"
+                               f"{head.log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def wait_for_jobs_api(head: Node, token: str | None = None, timeout_s: float = 120) -> None:
+    """Wait until the head's dashboard answers its Jobs API (with ``token``, if token auth is on)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{head.dashboard}/api/jobs/", headers=headers)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        head.check_running()
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the dashboard at {head.dashboard} did not answer within {timeout_s} s:\n"
                                f"{head.log.read_text()[-3000:]}")
         time.sleep(0.5)
 

@@ -1,7 +1,8 @@
 """The files that bring snndist onto real clusters, checked without a cloud or a Kubernetes cluster:
 the ``ray up`` configs against the schema inside the installed Ray, the KubeRay manifests against
 KubeRay's CRD schemas (vendored in tests/schemas/kuberay) and their pods against the Kubernetes client's
-models, the Dockerfile with hadolint and against pyproject.toml's pins, and no secret anywhere.
+models, the Kueue queue against Kueue's CRD schemas (tests/schemas/kueue) and against the RayJob it
+queues, the Dockerfile with hadolint and against pyproject.toml's pins, and no secret anywhere.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 
 import jsonschema
@@ -17,12 +19,15 @@ import pytest
 import ray
 import yaml
 from kubernetes.client import ApiClient
+from kubernetes.utils import parse_quantity
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster"
 SCHEMAS = Path(__file__).resolve().parent / "schemas" / "kuberay"
+KUEUE_SCHEMAS = Path(__file__).resolve().parent / "schemas" / "kueue"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 LAUNCHER_CONFIGS = ["aws.yaml", "gcp.yaml"]
 MANIFESTS = {"kuberay/raycluster.yaml": "RayCluster", "kuberay/rayjob.yaml": "RayJob"}
 
@@ -120,6 +125,104 @@ def test_the_manifest_checks_catch_a_misspelt_field():
     assert _as_model(pod, "V1PodSpec")[1] != pod
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(crd["schema"]).validate({**manifest, "spec": {"authOptions": {"mode": "open"}}})
+
+
+def _queue_docs() -> dict[str, dict]:
+    """queue.yaml's documents by kind (one of each)."""
+    docs = list(yaml.safe_load_all((CLUSTER / "kuberay" / "queue.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in docs}
+    assert len(by_kind) == len(docs), "one document of each kind"
+    return by_kind
+
+
+def _kueue_schema(doc: dict) -> dict:
+    crd = json.loads((KUEUE_SCHEMAS / f"{doc['kind']}.{doc['apiVersion'].split('/')[1]}.schema.json").read_text())
+    assert (crd["apiVersion"], crd["kind"]) == (doc["apiVersion"], doc["kind"])
+    return crd["schema"]
+
+
+def test_queue_manifest_validates_against_kueues_schemas():
+    docs = _queue_docs()
+    assert set(docs) == {"ResourceFlavor", "ClusterQueue", "LocalQueue"}
+    for doc in docs.values():
+        assert doc["apiVersion"] == "kueue.x-k8s.io/v1beta2", "the version Kueue stores; v1beta1 is deprecated"
+        schema = _kueue_schema(doc)
+        jsonschema.Draft7Validator(schema).validate(doc)
+        assert _unknown_fields(doc, schema) == [], doc["kind"]
+    queue = docs["ClusterQueue"]["spec"]
+    assert queue["queueingStrategy"] == "StrictFIFO", "jobs admitted in the order they were created"
+    flavors = {f["name"] for group in queue["resourceGroups"] for f in group["flavors"]}
+    assert flavors == {docs["ResourceFlavor"]["metadata"]["name"]}
+    assert "namespace" not in docs["LocalQueue"]["metadata"], "in the namespace the RayJobs are applied in"
+
+
+def test_the_rayjob_joins_the_queue_and_meets_kueues_terms():
+    docs, job = _queue_docs(), _load("kuberay/rayjob.yaml")
+    assert job["metadata"]["labels"][QUEUE_LABEL] == docs["LocalQueue"]["metadata"]["name"]
+    assert docs["LocalQueue"]["spec"]["clusterQueue"] == docs["ClusterQueue"]["metadata"]["name"]
+    # What Kueue's RayJob webhook refuses, and the field Kueue owns.
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and "clusterSelector" not in spec
+    assert spec["rayClusterSpec"].get("enableInTreeAutoscaling", False) is False
+    assert "suspend" not in spec, "Kueue sets spec.suspend: true on creation, false on admission"
+    groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert "head" not in {g["groupName"] for g in groups}, "Kueue names the head's pod set \"head\""
+
+
+# What Kueue counts for KubeRay's submitter Job pod (spec.submissionMode K8sJobMode, the default) when the
+# RayJob gives no submitterPodTemplate: KubeRay's default requests.
+SUBMITTER_REQUESTS = {"cpu": "500m", "memory": "200Mi"}
+
+
+def _requests(job: dict) -> dict[str, Decimal]:
+    """The requests of the RayJob's pods together, as Kueue counts them: each pod's containers, times its
+    group's replicas, and the submitter pod."""
+    spec = job["spec"]["rayClusterSpec"]
+    pods = [(1, spec["headGroupSpec"]["template"]["spec"]),
+            *((g["replicas"], g["template"]["spec"]) for g in spec["workerGroupSpecs"])]
+    total: dict[str, Decimal] = {}
+    for count, pod in pods:
+        for container in pod["containers"]:
+            for name, qty in container["resources"]["requests"].items():
+                total[name] = total.get(name, 0) + count * parse_quantity(qty)
+    if job["spec"].get("submissionMode", "K8sJobMode") == "K8sJobMode" and "submitterPodTemplate" not in job["spec"]:
+        for name, qty in SUBMITTER_REQUESTS.items():
+            total[name] = total.get(name, 0) + parse_quantity(qty)
+    return total
+
+
+def test_the_cluster_queue_covers_and_fits_what_the_rayjob_requests():
+    job, queue = _load("kuberay/rayjob.yaml"), _queue_docs()["ClusterQueue"]["spec"]
+    requests = _requests(job)
+    assert requests == {"cpu": Decimal("10.5"), "memory": parse_quantity("40Gi") + parse_quantity("200Mi"),
+                        "nvidia.com/gpu": 2}, "what queue.yaml's header says one rayjob.yaml requests"
+    covered = {r for group in queue["resourceGroups"] for r in group["coveredResources"]}
+    assert set(requests) <= covered, "Kueue does not admit a job that requests a resource its queue lacks"
+    quota = {r["name"]: parse_quantity(r["nominalQuota"]) for group in queue["resourceGroups"]
+             for f in group["flavors"] for r in f["resources"]}
+    for group in queue["resourceGroups"]:
+        for f in group["flavors"]:
+            assert [r["name"] for r in f["resources"]] == group["coveredResources"], "Kueue's rule: same order"
+    # The job as written fits the quota (a larger one would never be admitted), twice as the header says.
+    assert all(2 * requests[name] <= quota[name] for name in requests), (requests, quota)
+
+
+def test_the_queue_checks_catch_a_misspelt_field():
+    docs = _queue_docs()
+    queue = docs["ClusterQueue"]
+    schema = _kueue_schema(queue)
+    queue["spec"]["queuingStrategy"] = queue["spec"].pop("queueingStrategy")
+    assert _unknown_fields(queue, schema) == [".spec.queuingStrategy"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schema).validate({**queue, "spec": {"queueingStrategy": "FIFO"}})
+    local = docs["LocalQueue"]
+    local["spec"]["clusterqueue"] = local["spec"].pop("clusterQueue")
+    assert _unknown_fields(local, _kueue_schema(local)) == [".spec.clusterqueue"]
+    job = _load("kuberay/rayjob.yaml")
+    job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"][
+        "requests"]["example.com/tpu"] = "1"
+    covered = {r for g in _queue_docs()["ClusterQueue"]["spec"]["resourceGroups"] for r in g["coveredResources"]}
+    assert not set(_requests(job)) <= covered
 
 
 def test_the_run_volume_is_a_claim_that_outlives_pods():

@@ -1,5 +1,7 @@
 """Distributed training on a real local Ray instance: topology does not change the result."""
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -183,3 +185,33 @@ def test_a_workers_error_with_a_dead_peer_is_the_peers_loss(local_ray):
     assert isinstance(lost, WorkerLost) and lost.rank == 0 and "ActorDiedError" in str(lost)
     healthy = [alive.step.remote(), failing.step.remote(True)]
     assert _lost_among(healthy, {ref: rank for rank, ref in enumerate(healthy)}, grace_s=30) is None
+
+
+def test_a_taken_coordinator_port_starts_the_group_again_and_old_workers_are_dead_first(local_ray):
+    """The jax.distributed coordinator's port taken when the group joins (by the test here; on a cluster by
+    anything, between worker 0 finding it free and JAX binding it): the group is ended and started again on
+    a free port, at the start and in a recovery; ended workers are dead before anything new is placed."""
+    from ray._private.state import actors
+
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cfg = load_config("configs/tutorial.yaml", BASE + ["train.workers=2", "train.grad_sync=xla",
+                                                           f"cluster.coordinator_port={port}"])
+        lines: list[str] = []
+        runner = RayRunner(cfg, "port", say=lines.append)
+        try:
+            again = [l for l in lines if "starting the worker group again, on a free port" in l]
+            # Worker 0 fails to bind: JAX raises ("Failed to start RPC server"), or gRPC crashes its process.
+            assert len(again) == 1 and re.match(rf"(worker 0 could not join the jax.distributed group at [\d.]+:"
+                                                rf"{port}: .*RPC server|worker 0 lost: )", again[0]), lines
+            before = float(runner.step(np.arange(27))["train/loss"])
+            old = [w._actor_id.hex() for w in runner.workers]
+            runner._end_actors()  # what restart() does (through _stop_workers) before it reserves again
+            assert [actors(a)["State"] for a in old] == ["DEAD", "DEAD"]
+            runner.restart()  # the recovery's group meets the taken port too, and starts again
+            assert len([l for l in lines if "starting the worker group again" in l]) == 2, lines
+            assert np.isfinite(before) and np.isfinite(float(runner.step(np.arange(27))["train/loss"]))
+        finally:
+            runner.close()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from raynodes import VENV_BIN, free_port, ray_env, remove, start_head
+from raynodes import VENV_BIN, free_port, ray_env, remove, start_head, wait_for_jobs_api
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "snndist"]
@@ -41,21 +41,7 @@ def cluster():
     head, temp_dir = start_head(env)
     address = head.dashboard
     try:
-        deadline = time.monotonic() + 120
-        request = urllib.request.Request(f"{address}/api/jobs/",
-                                         headers={"Authorization": f"Bearer {token}"})
-        while True:
-            head.check_running()
-            try:
-                with urllib.request.urlopen(request, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the dashboard at {address} did not answer within 120 s:\n"
-                            f"{head.log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_for_jobs_api(head, token)
         # Token auth is on: without the token the dashboard refuses.
         try:
             urllib.request.urlopen(f"{address}/api/jobs/", timeout=5)
@@ -100,15 +86,6 @@ def _status(cluster: Cluster, job_id: str) -> str:
     return first.split(": ", 1)[1].strip()
 
 
-def _wait_terminal(cluster: Cluster, job_id: str, timeout_s: float = 300) -> str:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = _status(cluster, job_id)
-        if status in TERMINAL or time.monotonic() > deadline:
-            return status
-        time.sleep(1)
-
-
 @dataclass
 class Submitted:
     job_id: str
@@ -118,16 +95,55 @@ class Submitted:
     status: str
 
 
+@dataclass
+class Queue:
+    first: Submitted  # the tutorial config, 200 steps, submitted with a W&B key in the environment
+    ids: list[str]  # it and two more, submitted right after it: with `snndist submit`, and with Ray's own CLI
+    statuses: dict  # each job's final status
+    waiting: dict  # job id: `snndist status` asked right after `snndist jobs` showed that job waiting
+
+
 @pytest.fixture(scope="module")
-def tutorial_job(cluster, tmp_path_factory):
-    """The tutorial config, 200 steps on a Ray worker of the cluster, submitted with a W&B key in the environment."""
-    run_dir = tmp_path_factory.mktemp("jobs") / "run"
+def queue(cluster, tmp_path_factory) -> Queue:
+    """Three 2-worker jobs on the 2-CPU head, back to back: two of them find it full."""
+    base = tmp_path_factory.mktemp("jobs")
     marker = f"marker-{secrets.token_hex(8)}"
-    result = snndist("submit", "--address", cluster.address, "--config", TUTORIAL,
-                     "--set", "train.steps=200", "--set", "logging.log_every=50",
-                     "--run-dir", str(run_dir), env={**cluster.env, "WANDB_API_KEY": marker})
-    job_id = _job_id(_ok(result))
-    return Submitted(job_id, run_dir, result, marker, _wait_terminal(cluster, job_id))
+    sets = ["--set", "train.workers=2", "--set", "logging.log_every=50"]
+    result = snndist("submit", "--address", cluster.address, "--config", TUTORIAL, *sets, "--set", "train.steps=200",
+                     "--run-dir", str(base / "run0"), env={**cluster.env, "WANDB_API_KEY": marker})
+    ids = [_job_id(_ok(result)), _job_id(_ok(snndist(
+        "submit", "--address", cluster.address, "--config", TUTORIAL, *sets, "--set", "train.steps=50",
+        "--run-dir", str(base / "run1"), "--no-wait", env=cluster.env)))]
+    # Ray's own CLI runs `python -m snndist train` too: the head's environment has snndist.
+    workdir = base / "wd"
+    workdir.mkdir()
+    shutil.copy(REPO / TUTORIAL, workdir / "tutorial.yaml")
+    ids.append(f"snndist-test-{secrets.token_hex(4)}")
+    submitted = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.address, "--submission-id", ids[-1],
+         "--working-dir", str(workdir), "--no-wait", "--", "python", "-m", "snndist", "train", "--config",
+         "tutorial.yaml", *sets, "--set", "train.steps=50", "--run-dir", str(base / "run2")],
+        cwd=base, env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    waiting, statuses = {}, {}
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        rows = _ok(snndist("jobs", "--address", cluster.address, env=cluster.env)).splitlines()
+        row = {j: next(r for r in rows if r.startswith(j)) for j in ids}
+        statuses = {j: row[j].split()[1] for j in ids}
+        for j in ids:
+            if statuses[j] == "PENDING" and "waiting for 2 x {CPU: 1}, 0 free" in row[j] and j not in waiting:
+                waiting[j] = _status(cluster, j)
+        if all(s in TERMINAL for s in statuses.values()):
+            break
+        time.sleep(2)
+    first = Submitted(ids[0], base / "run0", result, marker, statuses[ids[0]])
+    return Queue(first, ids, statuses, waiting)
+
+
+@pytest.fixture(scope="module")
+def tutorial_job(queue) -> Submitted:
+    return queue.first
 
 
 def test_submit_trains_and_logs(cluster, tutorial_job):
@@ -167,21 +183,25 @@ def test_jobs_lists_ids(cluster, tutorial_job):
     assert "python -m snndist train" in row
 
 
-def test_ray_job_submit(cluster, tmp_path):
-    """Ray's own CLI runs `python -m snndist train` too: the head's environment has snndist."""
-    workdir = tmp_path / "wd"
-    workdir.mkdir()
-    shutil.copy(REPO / TUTORIAL, workdir / "tutorial.yaml")
-    run_dir = tmp_path / "run2"
-    job_id = f"snndist-test-{secrets.token_hex(4)}"
-    result = subprocess.run(
-        [str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.address, "--submission-id", job_id,
-         "--working-dir", str(workdir), "--", "python", "-m", "snndist", "train", "--config",
-         "tutorial.yaml", "--set", "train.steps=100", "--run-dir", str(run_dir)],
-        cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert _wait_terminal(cluster, job_id, timeout_s=60) == "SUCCEEDED"
-    assert json.loads((run_dir / "summary.json").read_text())["step"] == 100
+def test_jobs_wait_their_turn_on_a_full_cluster(cluster, queue):
+    """Those that found the head full waited (no limit on a cluster), said so in their logs, in `snndist jobs`
+    and `snndist status`, and all three finished."""
+    assert all(queue.statuses[j] == "SUCCEEDED" for j in queue.ids), queue.statuses
+    # `snndist status`, asked right after `snndist jobs` showed a job waiting (it may have been placed since).
+    assert any(s == "PENDING (waiting for 2 x {CPU: 1}, 0 free)" for s in queue.waiting.values()), queue.waiting
+    for j in queue.waiting:
+        logs = _ok(snndist("logs", j, "--address", cluster.address, env=cluster.env))
+        assert "waiting for 2 x {CPU: 1} (PACK), 0 free (0 of 2 CPU)" in logs, logs[-3000:]
+        assert re.search(r"^placed 2 x \{CPU: 1\} after \d+ s of waiting$", logs, re.M), logs[-3000:]
+    for i, steps in enumerate((200, 50, 50)):
+        assert json.loads((queue.first.run_dir.parent / f"run{i}" / "summary.json").read_text())["step"] == steps
+
+
+def test_ray_job_submit(queue):
+    """The third job of the queue went through `ray job submit`."""
+    run_dir = queue.first.run_dir.parent / "run2"
+    assert queue.statuses[queue.ids[2]] == "SUCCEEDED"
+    assert json.loads((run_dir / "summary.json").read_text())["step"] == 50
     assert (run_dir / "config.yaml").is_file()
 
 

@@ -16,7 +16,7 @@ CLI = [sys.executable, "-m", "snndist"]
 METRICS = ["train/loss", "train/accuracy", "train/lr", "train/grad_norm", "train/param_norm",
            "spikes/rate_hz/hidden0", "spikes/silent_fraction/hidden0", "perf/step_time_s", "perf/samples_per_s",
            "perf/timesteps_per_s", "perf/grad_sync_s", "perf/data_s", "ckpt/save_block_s", "system/workers",
-           "system/recoveries", "train/skipped_steps"]
+           "system/recoveries", "system/pending_s", "train/skipped_steps"]
 IMAGES = ["images/input_raster", "images/hidden_raster/hidden0", "images/voltage/hidden0", "images/readout",
           "images/rate_hist/hidden0"]
 RUN = ["train.steps=40", "logging.log_every=10", "logging.wandb.images_every=20", "checkpoint.every_steps=20",

@@ -190,8 +190,8 @@ def test_too_few_workers_stops_within_the_timeout_with_the_checkpoint_intact(str
     tracebacks = [l for l in stopped.out.splitlines() if "Traceback" in l and "pid=" not in l]
     assert len(errors) == 1 and not tracebacks, stopped.out
     assert re.fullmatch(
-        rf"snndist: error: waited cluster.resource_timeout_s={TIMEOUT_S} s for the resources of 3 workers of "
-        r"\{'CPU': 1\} \(SPREAD\) to come back, and fewer than train.min_workers=3 can be placed; the checkpoint "
+        rf"snndist: error: waited cluster.resource_timeout_s={TIMEOUT_S} s for the resources of 3 workers x "
+        r"\{CPU: 1\} \(SPREAD\) to come back, and fewer than train.min_workers=3 can be placed; the checkpoint "
         rf"of step {EVERY} is intact, continue with --resume", errors[0]), errors[0]
     assert stopped.after_s < TIMEOUT_S + 30, f"stopped {stopped.after_s:.0f} s after the node was lost"
     assert stopped.checkpoints == [EVERY]

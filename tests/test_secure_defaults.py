@@ -37,8 +37,8 @@ def _ip(hex_address: str) -> str:
 
 
 def test_the_local_ray_instance_of_train_keeps_its_dashboard_on_loopback():
-    # What `snndist train` does without an address: cluster.connect(None) starts the local instance.
-    code = ("import sys; from snndist.dist import cluster; cluster.connect(None); print('up', flush=True); "
+    # What `snndist train` does without an address: cluster.connect(None, ...) starts the local instance.
+    code = ("import sys; from snndist.dist import cluster; cluster.connect(None, 1, 1); print('up', flush=True); "
             "sys.stdin.read()")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=ray_env(), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

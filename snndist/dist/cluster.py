@@ -1,12 +1,15 @@
 """Joining a Ray cluster and reserving the workers' resources. No JAX here."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
-from typing import NamedTuple
+import time
+from typing import Callable, NamedTuple
 
 import ray
+from ray.autoscaler.sdk import request_resources
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
 from snndist.config import ClusterConfig, TrainConfig
@@ -15,14 +18,23 @@ from snndist.errors import ClusterError, one_line
 
 _reaper = None  # the watcher of the local instance this process started, if it started one
 PLACE_NOW_S = 5.0  # after losing workers: how long a smaller group may take to be placed on what is left
+LOCAL_WAIT_S = 60.0  # cluster.resource_timeout_s unset, on the embedded local instance: nothing will join it
+ELASTIC_WAIT_S = 60.0  # unset, elastic: how long lost workers' resources are awaited before going on with fewer
+FIRST_REPORT_S, REPORT_EVERY_S = 5.0, 30.0  # while waiting for resources: when to say what for, and what is free
+JOIN_TIMEOUT_S = 300  # placed workers joining their jax.distributed group: process starts, imports, a slow node
 
 
-def connect(address: str | None) -> bool:
-    """``ray.init`` at ``address``, RAY_ADDRESS, or a new local instance; True if we started one."""
+def connect(address: str | None, workers: int, cpus_per_worker: int) -> bool:
+    """``ray.init`` at ``address``, RAY_ADDRESS, or a new local instance; True if we started one.
+
+    A local instance that could not hold ``workers`` of ``cpus_per_worker`` is refused before it starts.
+    """
     global _reaper
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        refuse_unfittable(workers, {"CPU": cpus_per_worker}, {"CPU": os.cpu_count()})
     if address and address.startswith("http"):
         raise ClusterError(f"cluster.address={address!r} is a dashboard URL, which `snndist submit` takes; "
                            "training needs what ray.init takes: auto, HOST:6379 or ray://HOST:10001")
@@ -63,34 +75,61 @@ class Reservation(NamedTuple):
     workers: int  # bundles in the group: train.workers, or fewer after losing nodes
 
 
-def reserve(train: TrainConfig, cluster: ClusterConfig) -> Reservation:
-    """A placement group of one bundle per worker; a clear error instead of waiting forever."""
+def resource_wait_s(cluster: ClusterConfig, local: bool) -> float | None:
+    """How long to wait for the workers' resources: ``cluster.resource_timeout_s``, else by where the run is.
+
+    On a cluster (None: no limit) capacity frees up as other jobs end and nodes join, an autoscaler's after
+    minutes of booting; on the embedded local instance nothing ever joins.
+    """
+    if cluster.resource_timeout_s is not None:
+        return cluster.resource_timeout_s
+    return LOCAL_WAIT_S if local else None
+
+
+def reserve(train: TrainConfig, cluster: ClusterConfig, local: bool, say: Callable[[str], None]) -> Reservation:
+    """A placement group of one bundle per worker, once placed.
+
+    A cluster without an autoscaler that cannot hold the workers even when idle is refused at once; otherwise
+    this waits (``resource_wait_s``), saying every REPORT_EVERY_S what for and what is free.
+    """
     have = ray.cluster_resources()
     accelerator, bundle = _bundle(cluster, have)
-    for resource, amount in bundle.items():
-        need = amount * train.workers
-        if need > have.get(resource, 0):
-            field = "cluster.cpus_per_worker" if resource == "CPU" else "cluster.devices_per_worker"
-            raise ClusterError(f"train.workers={train.workers} x {field}={amount} needs {need:g} {resource}; "
-                               f"the cluster has {have.get(resource, 0):g}")
-    group = _placed(train.workers, bundle, cluster.placement_strategy, cluster.resource_timeout_s)
+    if local or not has_autoscaler():
+        refuse_unfittable(train.workers, bundle, have)
+    wait_s = resource_wait_s(cluster, local)
+    group = _placed(train.workers, bundle, cluster.placement_strategy, wait_s, say)
     if group is None:
-        raise ClusterError(f"{train.workers} workers of {bundle} ({cluster.placement_strategy}) could not be "
-                           f"placed within cluster.resource_timeout_s={cluster.resource_timeout_s:g} s")
+        raise ClusterError(f"{train.workers} workers x {bundle_text(bundle)} ({cluster.placement_strategy}) could "
+                           f"not be placed within cluster.resource_timeout_s={wait_s:g} s")
     return Reservation(group, accelerator, bundle, train.workers)
 
 
-def reserve_elastic(like: Reservation, train: TrainConfig, cluster: ClusterConfig, fewest: int) -> Reservation:
-    """After losing workers: bundles ``like`` the earlier ones for all ``train.workers`` if their resources
-    come back within ``cluster.resource_timeout_s``, else for as many as can be placed now, down to ``fewest``."""
+def refuse_unfittable(workers: int, bundle: dict, have: dict) -> None:
+    """ClusterError if ``workers`` bundles need more of a resource than ``have`` holds in all."""
+    for resource, amount in bundle.items():
+        need = amount * workers
+        if need > have.get(resource, 0):
+            field = "cluster.cpus_per_worker" if resource == "CPU" else "cluster.devices_per_worker"
+            raise ClusterError(f"train.workers={workers} x {field}={amount:g} needs {need:g} {resource}; "
+                               f"the cluster has {have.get(resource, 0):g} and no autoscaler to add more")
+
+
+def reserve_elastic(like: Reservation, train: TrainConfig, cluster: ClusterConfig, fewest: int, local: bool,
+                    say: Callable[[str], None]) -> Reservation:
+    """After losing workers: bundles ``like`` the earlier ones for all ``train.workers`` once their resources
+    are back; an elastic run (``fewest`` < ``train.workers``) waits for them at most ``cluster.resource_timeout_s``
+    (unset: ELASTIC_WAIT_S), then takes as many as can be placed now, down to ``fewest``."""
     accelerator, bundle, strategy = like.accelerator, like.bundle, cluster.placement_strategy
-    for workers, wait_s in [(train.workers, cluster.resource_timeout_s),
-                            *((n, PLACE_NOW_S) for n in range(train.workers - 1, fewest - 1, -1))]:
-        group = _placed(workers, bundle, strategy, wait_s)
+    wait_s = resource_wait_s(cluster, local)
+    if fewest < train.workers and wait_s is None:
+        wait_s = ELASTIC_WAIT_S
+    for workers, wait in [(train.workers, wait_s),
+                          *((n, PLACE_NOW_S) for n in range(train.workers - 1, fewest - 1, -1))]:
+        group = _placed(workers, bundle, strategy, wait, say)
         if group is not None:
             return Reservation(group, accelerator, bundle, workers)
-    raise ClusterError(f"waited cluster.resource_timeout_s={cluster.resource_timeout_s:g} s for the resources of "
-                       f"{train.workers} workers of {bundle} ({strategy}) to come back, and fewer than "
+    raise ClusterError(f"waited cluster.resource_timeout_s={wait_s:g} s for the resources of "
+                       f"{train.workers} workers x {bundle_text(bundle)} ({strategy}) to come back, and fewer than "
                        f"train.min_workers={fewest} can be placed")
 
 
@@ -118,13 +157,71 @@ def _bundle(cluster: ClusterConfig, have: dict) -> tuple[str, dict]:
     return accelerator, bundle
 
 
-def _placed(workers: int, bundle: dict, strategy: str, wait_s: float):
-    """A placement group of ``workers`` bundles once placed, or None (and nothing held) after ``wait_s``."""
-    group = placement_group([dict(bundle) for _ in range(workers)], strategy=strategy)
-    if not group.wait(timeout_seconds=wait_s):
-        remove_placement_group(group)
-        return None
-    return group
+def _placed(workers: int, bundle: dict, strategy: str, wait_s: float | None, say: Callable[[str], None]):
+    """A placement group of ``workers`` bundles once placed, or None (and nothing held) after ``wait_s``
+    (None: no limit). A ``waiting_line`` after FIRST_REPORT_S of waiting, then every REPORT_EVERY_S; on an
+    autoscaling cluster the autoscaler is asked for the bundles while this waits."""
+    bundles = [dict(bundle) for _ in range(workers)]
+    group = placement_group(bundles, strategy=strategy)
+    began, asked, said, report = time.monotonic(), False, False, FIRST_REPORT_S
+    try:
+        while True:
+            left = None if wait_s is None else wait_s - (time.monotonic() - began)
+            if left is not None and left <= 0:
+                remove_placement_group(group)
+                return None
+            if group.wait(timeout_seconds=report if left is None else min(report, left)):
+                if said:
+                    say(f"placed {workers} x {bundle_text(bundle)} after {time.monotonic() - began:.0f} s of waiting")
+                return group
+            if not asked and has_autoscaler():
+                request_resources(bundles=bundles)
+                asked = True
+            say(waiting_line(workers, bundle, strategy, time.monotonic() - began, ray.available_resources(),
+                             ray.cluster_resources(), asked))
+            said, report = True, REPORT_EVERY_S
+    finally:
+        if asked:  # a standing request keeps nodes up; the placed group is demand of its own now
+            request_resources(bundles=[])
+
+
+def bundle_text(bundle: dict) -> str:
+    """``{CPU: 1, GPU: 1}``: a worker's resources as lines and job listings show them."""
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in bundle.items()) + "}"
+
+
+def waiting_line(workers: int, bundle: dict, strategy: str, waited_s: float, free: dict, total: dict,
+                 asked: bool) -> str:
+    """What a run waits for and what is free; ``snndist jobs`` reads the part up to ``free``."""
+    frees = ", ".join(f"{free.get(k, 0):g}" + (f" {k}" if len(bundle) > 1 else "") for k in bundle)
+    of = ", ".join(f"{free.get(k, 0):g} of {total.get(k, 0):g} {k}" for k in bundle)
+    autoscaler = "asked the autoscaler for them" if asked else "no autoscaler to ask: waiting for other jobs to end"
+    return (f"waiting for {workers} x {bundle_text(bundle)} ({strategy}), {frees} free "
+            f"({of}), {waited_s:.0f} s so far; {autoscaler}")
+
+
+def has_autoscaler() -> bool:
+    """Whether an autoscaler can add nodes to this cluster (``ray up``, KubeRay with autoscaling).
+
+    Ray's monitor runs on every head; without an autoscaling config it reports each node as a read-only
+    type of its own, ``node_<id>``. Autoscaler v2 (KubeRay's) always can.
+    """
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        if is_autoscaler_v2(fetch_from_server=True):
+            return True
+        status = json.loads(_internal_kv_get("__autoscaling_status") or b"{}")  # what `ray status` reads
+    except Exception:  # noqa: BLE001 - no answer: treat the cluster as fixed
+        return False
+    return launches_nodes(status)
+
+
+def launches_nodes(status: dict) -> bool:
+    """Whether the autoscaler status v1 writes names node types of a config (not just read-only ones)."""
+    types = ((status.get("autoscaler_report") or {}).get("node_type_mapping") or {}).values()
+    return any(not t.startswith("node_") for t in types)
 
 
 def release(reservation: Reservation) -> None:

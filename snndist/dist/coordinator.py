@@ -8,6 +8,7 @@ average them with XLA collectives (``xla``). It satisfies the runner
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -20,7 +21,7 @@ from snndist.config import Config
 from snndist.data.order import plan_shards
 from snndist.dist import cluster
 from snndist.dist.worker import Worker
-from snndist.errors import (ConfigError, OutOfMemory, SnndistError, WorkerError, WorkerLost, one_line,
+from snndist.errors import (ConfigError, JoinFailed, OutOfMemory, SnndistError, WorkerError, WorkerLost, one_line,
                             out_of_device_memory)
 from snndist.track.metrics import Metrics, weighted_mean, weighted_tree_mean
 
@@ -34,51 +35,76 @@ class RayRunner:
 
     def __init__(self, cfg: Config, run_name: str, say=print):
         self.cfg, self.say, self.run_name = cfg, say, run_name
-        self.started_ray = cluster.connect(cfg.cluster.address)
+        self.started_ray = cluster.connect(cfg.cluster.address, cfg.train.workers, cfg.cluster.cpus_per_worker)
+        # The embedded instance (this one, or one a test or notebook started): nothing joins it, no need to wait.
+        self.local = self.started_ray or not (cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
+        self.pending_s = 0.0  # waiting for the workers' resources, at the start and in recoveries
         self.reservation = None
         self.probe = None  # after shrinking: a pending placement group for the missing workers
         self.workers: list = []
         self.failed = False
         self.generation = 0  # worker groups started so far
         try:
-            self._start(cluster.reserve(cfg.train, cfg.cluster))
+            self._start(self._waited(cluster.reserve, cfg.train, cfg.cluster))
         except BaseException:
             self.close()
             raise
 
     def _start(self, reservation: cluster.Reservation) -> None:
-        t, c = self.cfg.train, self.cfg.cluster
+        """Workers on ``reservation``'s bundles, alive, then joined. A group that could not join (its port
+        taken, say) is ended and started again on a free port; twice is a lost worker."""
+        t = self.cfg.train
+        self.reservation = reservation
+        port = self.cfg.cluster.coordinator_port
+        # Starting takes process spawns and imports (a fresh node's, a busy one's), joining, then compiles.
+        timeout = t.step_timeout_s + cluster.JOIN_TIMEOUT_S
+        for again in (False, True):
+            self._spawn()
+            self._gather([w.pid.remote() for w in self.workers], timeout=timeout)  # all alive before joining
+            try:
+                infos = self._join(port, timeout)
+                break
+            except (JoinFailed, WorkerLost) as err:  # gRPC may also crash the process that fails to bind
+                self._end_actors()
+                if again:
+                    raise WorkerLost(None, f"{err}, again after starting the group anew") from None
+                self.say(f"{err}; starting the worker group again, on a free port")
+                port = None
+        self.nodes = {ray.get_runtime_context().get_node_id(), *(info["node"] for info in infos)}
+        self.drain_checked, self.drain_warned = time.monotonic(), False
+        self.local_devices = infos[0]["local_devices"]
+        self.num_samples = infos[0]["num_samples"]
+        self.say(f"{len(self.workers)} worker(s) x {self.local_devices} {infos[0]['platform']} device(s), "
+                 f"gradient sync: {t.grad_sync}")
+        self.steps_done = 0
+        self.grad_sync_s = 0.0
+
+    def _join(self, port: int | None, timeout: float) -> list[dict]:
+        """Each worker's replica, over the jax.distributed group of all under ``xla`` sync; their infos."""
+        address = None
+        if self.cfg.train.grad_sync == "xla":
+            address = self._gather([self.workers[0].address.remote(port)], ranks=[0], timeout=timeout)[0]
+        return self._gather([w.setup.remote(address) for w in self.workers], timeout=timeout)
+
+    def _spawn(self) -> None:
+        """One actor per bundle of the reservation, named by run, generation and rank."""
+        c, reservation = self.cfg.cluster, self.reservation
         run_name = self.run_name if not self.generation else f"{self.run_name}-g{self.generation}"
         self.generation += 1
         self.failed = False
-        self.reservation = reservation
         size = reservation.workers
-        accelerator = self.reservation.accelerator
+        accelerator = reservation.accelerator
         actor = ray.remote(Worker)
         for rank in range(size):
             options = dict(
                 name=f"snndist-{run_name}-rank{rank}", num_cpus=c.cpus_per_worker, max_restarts=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.reservation.group, rank),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(reservation.group, rank),
                 runtime_env={"env_vars": cluster.worker_env(accelerator, c.devices_per_worker, c.env)})
             if accelerator == "gpu":
                 options["num_gpus"] = c.devices_per_worker
             elif accelerator == "tpu":
                 options["resources"] = {"TPU": c.devices_per_worker}
             self.workers.append(actor.options(**options).remote(self.cfg.to_dict(), rank, size, accelerator))
-        address = None
-        # Starting takes process spawns, imports and compiles: the step timeout plus the resource wait.
-        timeout = t.step_timeout_s + c.resource_timeout_s
-        if t.grad_sync == "xla":
-            address = self._gather([self.workers[0].address.remote()], ranks=[0], timeout=timeout)[0]
-        infos = self._gather([w.setup.remote(address) for w in self.workers], timeout=timeout)
-        self.nodes = {ray.get_runtime_context().get_node_id(), *(info["node"] for info in infos)}
-        self.drain_checked, self.drain_warned = time.monotonic(), False
-        self.local_devices = infos[0]["local_devices"]
-        self.num_samples = infos[0]["num_samples"]
-        self.say(f"{size} worker(s) x {self.local_devices} {infos[0]['platform']} device(s), "
-                 f"gradient sync: {t.grad_sync}")
-        self.steps_done = 0
-        self.grad_sync_s = 0.0
 
     # ------------------------------------------------------------------ runner interface
     def step(self, indices: np.ndarray, upcoming: np.ndarray | None = None) -> Metrics:
@@ -138,12 +164,12 @@ class RayRunner:
     def restart(self) -> None:
         """A new worker group in place of one that lost a member (its state: a fresh init).
 
-        All ``train.workers`` if their resources come back within ``cluster.resource_timeout_s``, else
-        as many as can be placed, down to ``train.min_workers``; then ``grow`` takes them back."""
+        All ``train.workers`` once their resources are back; an elastic run waits for them a while, then
+        takes as many as can be placed, down to ``train.min_workers``, and ``grow`` takes them back later."""
         t, like = self.cfg.train, self.reservation
         self._stop_workers()
         fewest = t.workers if t.min_workers is None else t.min_workers
-        reservation = cluster.reserve_elastic(like, t, self.cfg.cluster, fewest)
+        reservation = self._waited(cluster.reserve_elastic, like, t, self.cfg.cluster, fewest)
         if reservation.workers < t.workers:
             self.say(f"going on with {reservation.workers} of train.workers={t.workers} workers (train.min_workers="
                      f"{fewest}), the same global batch; back to {t.workers} at a checkpoint when the resources "
@@ -157,11 +183,19 @@ class RayRunner:
             return None
         state, like = self.get_state(), self.reservation
         self._stop_workers()  # and the probe: its resources are the new group's
-        self._start(cluster.reserve_elastic(like, self.cfg.train, self.cfg.cluster, like.workers))
+        self._start(self._waited(cluster.reserve_elastic, like, self.cfg.train, self.cfg.cluster, like.workers))
         self.set_state(state)
         if len(self.workers) < self.cfg.train.workers:  # taken by something else meanwhile: wait again
             self.probe = cluster.probe(self.reservation, self.cfg.train, self.cfg.cluster)
         return f"grew from {like.workers} to {len(self.workers)} workers at step {state['step']}"
+
+    def _waited(self, reserve, *args) -> cluster.Reservation:
+        """``reserve(*args, local, say)``, its wait added to ``pending_s``."""
+        began = time.monotonic()
+        try:
+            return reserve(*args, self.local, self.say)
+        finally:
+            self.pending_s += time.monotonic() - began
 
     def topology(self) -> dict:
         t, c = self.cfg.train, self.cfg.cluster
@@ -219,27 +253,33 @@ class RayRunner:
             ray.shutdown()
 
     def _stop_workers(self) -> None:
-        if self.workers and self.failed:
-            # A peer died or hung: the others may be stuck in a collective and
-            # would never answer a polite shutdown.
-            for w in self.workers:
-                ray.kill(w)
-            self.workers = []
-        if self.workers:
+        # After a failure the others may be stuck in a collective (a peer died or hung) and would never
+        # answer a polite shutdown.
+        if self.workers and not self.failed:
             done, pending = ray.wait([w.shutdown.remote() for w in self.workers], num_returns=len(self.workers),
                                      timeout=SHUTDOWN_TIMEOUT_S)
             if pending:
                 self.say(f"warning: {len(pending)} worker(s) did not leave the jax.distributed group within "
                          f"{SHUTDOWN_TIMEOUT_S} s (a peer probably died mid-collective); killing them")
-            for w in self.workers:
-                ray.kill(w)
-            self.workers = []
+        self._end_actors()
         if self.reservation is not None:
             cluster.release(self.reservation)
             self.reservation = None
         if self.probe is not None:
             remove_placement_group(self.probe)
             self.probe = None
+
+    def _end_actors(self) -> None:
+        """Kill the workers and wait until Ray reports them dead: ``ray.kill`` returns at once, and a new
+        group must not find an old process still holding its devices (75% of a GPU, a TPU)."""
+        for w in self.workers:
+            ray.kill(w)
+        # A call to an actor fails once Ray has it dead; its process has exited by then.
+        calls = [w.pid.remote() for w in self.workers]
+        _, alive = ray.wait(calls, num_returns=len(calls), timeout=SHUTDOWN_TIMEOUT_S)
+        if alive:
+            self.say(f"warning: {len(alive)} killed worker(s) not reported dead within {SHUTDOWN_TIMEOUT_S} s")
+        self.workers = []
 
     # ------------------------------------------------------------------ failures
     def _gather(self, refs: list, ranks: list[int] | None = None, timeout: float | None = None) -> list:

@@ -14,11 +14,18 @@
 runtime_env whose ``py_modules`` carry this very ``snndist`` package (the
 cluster needs none installed) and whose ``working_dir`` holds the config.
 It never forwards local environment variables (``WANDB_API_KEY`` included):
-the job sees the environment of the cluster's nodes.
+the job sees the environment of the cluster's nodes. ``--pip`` has Ray install
+snndist's dependencies (the ranges its metadata pins) into the job's own
+virtual environment, from the package index, for a cluster whose Python lacks
+them.
+
+``status`` and ``jobs`` say why a job failed (snndist's ``snndist: error:``
+line, or the last exception line) and what a running job still waits for.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import shlex
 import shutil
@@ -27,7 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from snndist.deps import requirements
 from snndist.dist.job_client import STOP_TIMEOUT_S, JobClient, job_status, refuse_open_transport, resolve_address
+from snndist.dist.job_reasons import failure_reason, waiting_reason
 from snndist.dist.ray_jobs_api import quiet_logs
 from snndist.errors import ClusterError, ConfigError, one_line
 from snndist.store.rundir import is_remote
@@ -60,6 +69,33 @@ def build_runtime_env(working_dir: str | Path, pip: list[str] | None = None) -> 
     if pip:
         env["pip"] = list(pip)
     return env
+
+
+def pip_packages(pip: list[list[str]] | None) -> list[str]:
+    """``--pip [PKG ...]``: snndist's dependencies and the packages named; none without ``--pip``."""
+    if pip is None:
+        return []
+    try:
+        deps = requirements()
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError("--pip: snndist is not installed in this Python (pip install -e . in its source "
+                          "tree), so the dependency ranges to send are unknown") from None
+    return deps + [pkg for group in pip for pkg in group]
+
+
+def job_state(client: JobClient, info) -> tuple[str, str | None]:
+    """A job's status and the reason to show with it: why it failed, or what a running one waits for
+    (then its status is PENDING: Ray's job is running, snndist's workers are not)."""
+    status, message = job_status(info), info.message or ""
+    job_id = info.submission_id or info.job_id
+    if status == "FAILED":
+        return status, failure_reason(message) or failure_reason(client.logs(job_id)) or one_line(message, 200)
+    if status == "RUNNING":
+        waiting = waiting_reason(client.logs(job_id))
+        return ("PENDING", waiting) if waiting else (status, None)
+    if status in ("PENDING", "STOPPED"):  # Ray's own word: setting up the runtime env, stopped by whom
+        return status, one_line(message, 200) or None
+    return status, None
 
 
 def config_in_working_dir(config: str | Path, working_dir: str | Path) -> str:
@@ -101,7 +137,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         entrypoint = build_entrypoint(config, args.set, run_dir, local=args.local)
         with quiet_logs():
             client = JobClient(address)
-            job_id = client.submit(entrypoint, build_runtime_env(working_dir, args.pip))
+            job_id = client.submit(entrypoint, build_runtime_env(working_dir, pip_packages(args.pip)))
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -113,8 +149,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with quiet_logs():
         status = client.wait(job_id, ("RUNNING",), START_TIMEOUT_S)
         if status in ("FAILED", "STOPPED"):
-            message = one_line(client.info(job_id).message or "")
-            raise ClusterError(f"job {job_id} {status.lower()}: {message} "
+            _, reason = job_state(client, client.info(job_id))
+            raise ClusterError(f"job {job_id} {status.lower()}: {reason} "
                                f"(see `snndist logs {job_id} --address {address}`)")
     if status == "PENDING":
         print(f"snndist: job {job_id} is still pending after {START_TIMEOUT_S:.0f} s",
@@ -122,33 +158,39 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
+
+def cmd_jobs(args: argparse.Namespace) -> int:
     with quiet_logs():
-        jobs = JobClient(args.address).list()
+        client = JobClient(args.address)
+        jobs = [(j, *job_state(client, j)) for j in client.list()]
     if not jobs:
         print("no jobs")
         return 0
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("JOB", "STATUS", "START"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("ENTRYPOINT", no_wrap=True, overflow="ellipsis", max_width=70)
-    for j in jobs:
+    rows = [("JOB", "STATUS", "START", "REASON", "ENTRYPOINT")]
+    for j, status, reason in jobs:
         start = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time / 1000)) if j.start_time else "-"
-        table.add_row(j.submission_id or j.job_id or "-", job_status(j), start, " ".join((j.entrypoint or "").split()))
-    # Off a terminal (a pipe, a log) rich would assume 80 columns and cut the job id short.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+        rows.append((j.submission_id or j.job_id or "-", status, start, _cut(reason or "", 100),
+                     _cut(" ".join((j.entrypoint or "").split()), 60)))
+    # Plain columns: the whole id and status whatever the width (rich drops columns on a narrow terminal).
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with quiet_logs():
-        info = JobClient(args.address).info(args.job)
-    print(f"{args.job}: {job_status(info)}")
-    if info.message:
-        print(info.message.rstrip())
+        client = JobClient(args.address)
+        status, reason = job_state(client, client.info(args.job))
+    if status == "PENDING" and reason:
+        print(f"{args.job}: {status} ({reason})")
+    else:
+        print(f"{args.job}: {status}")
+        if reason:
+            print(reason)
     return 0
 
 
@@ -195,8 +237,9 @@ def add_job_commands(commands) -> None:
                              "(default: a directory with just the config)")
     submit.add_argument("--run-dir", metavar="DIR",
                         help="run directory on the cluster (default: ~/snndist/runs/<config>-<time>)")
-    submit.add_argument("--pip", action="extend", nargs="+", default=[], metavar="PKG",
-                        help="pip packages to install in the job's environment")
+    submit.add_argument("--pip", action="append", nargs="*", metavar="PKG",
+                        help="have Ray install snndist's dependencies (and any PKG named) into the job's own "
+                             "environment, from the package index: for a cluster whose Python lacks them")
     submit.add_argument("--local", action="store_true",
                         help="pass --local to `train`: train inside the job's process")
     submit.add_argument("--insecure", action="store_true",
@@ -207,12 +250,14 @@ def add_job_commands(commands) -> None:
     submit.set_defaults(func=cmd_submit)
 
     jobs = commands.add_parser("jobs", help="list the jobs of a Ray cluster",
-                               description="List the cluster's jobs: id, status, start time, entrypoint.")
+                               description="List the cluster's jobs: id, status, start time, why one failed or "
+                                           "what it waits for, entrypoint.")
     jobs.add_argument("--address", metavar="URL", help=address_help)
     jobs.set_defaults(func=cmd_jobs)
 
     for name, func, help_, desc in (
-            ("status", cmd_status, "show a job's status", "Print a job's status and message."),
+            ("status", cmd_status, "show a job's status",
+             "Print a job's status, and why it failed or what it waits for."),
             ("logs", cmd_logs, "print a job's logs", "Print a job's logs; --follow streams them until it ends."),
             ("stop", cmd_stop, "stop a job",
              f"Stop a job and wait (at most {STOP_TIMEOUT_S:.0f} s) until it has stopped.")):

@@ -12,7 +12,8 @@ import ray
 
 from snndist.config import from_dict
 from snndist.data.order import Shard
-from snndist.dist.cluster import check_group, pin_to_cores
+from snndist.dist.cluster import JOIN_TIMEOUT_S, check_group, pin_to_cores
+from snndist.errors import JoinFailed, one_line
 
 
 class Worker:
@@ -24,11 +25,15 @@ class Worker:
         if accelerator == "cpu" and self.cfg.cluster.pin_cpus:
             pin_to_cores(rank, self.cfg.cluster.cpus_per_worker)
 
-    def address(self) -> str:
-        """``ip:port`` for the ``jax.distributed`` coordinator (worker 0 hosts it)."""
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
+    def address(self, port: int | None = None) -> str:
+        """``ip:port`` for the ``jax.distributed`` coordinator (worker 0 hosts it): ``port``, else a free one.
+
+        A free port is found, released, then bound by JAX: something else may take it in between (then the
+        join fails and the coordinator starts the group again)."""
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("", 0))
+                port = s.getsockname()[1]
         return f"{ray.util.get_node_ip_address()}:{port}"
 
     def setup(self, coordinator_address: str | None = None) -> dict:
@@ -40,9 +45,12 @@ class Worker:
 
         if coordinator_address:
             local_ids = list(range(self.cfg.cluster.devices_per_worker)) if self.accelerator == "gpu" else None
-            jax.distributed.initialize(coordinator_address, num_processes=self.workers, process_id=self.rank,
-                                       local_device_ids=local_ids,
-                                       initialization_timeout=int(self.cfg.cluster.resource_timeout_s))
+            try:
+                jax.distributed.initialize(coordinator_address, num_processes=self.workers, process_id=self.rank,
+                                           local_device_ids=local_ids, initialization_timeout=JOIN_TIMEOUT_S)
+            except Exception as err:  # noqa: BLE001 - e.g. "Failed to start RPC server": the port is taken
+                raise JoinFailed(f"worker {self.rank} could not join the jax.distributed group at "
+                                 f"{coordinator_address}: {one_line(err, 200)}") from None
             self.distributed = True
             check_group(self.rank, self.workers, self.cfg.cluster.devices_per_worker, jax.process_count(),
                         jax.device_count())

@@ -114,7 +114,7 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
                 last = summarize(metrics)  # reading the metrics waits for the step
                 elapsed = time.perf_counter() - window_start
                 last.update(_perf(elapsed / window_steps, t.global_batch, cfg.data.timesteps))
-                last.update({"system/recoveries": float(len(failures)),
+                last.update({"system/recoveries": float(len(failures)), "system/pending_s": runner.pending_s,
                              "system/workers": float(max(runner.topology()["workers"], 1)),  # fewer after a loss
                              "ckpt/save_block_s": save_block[-1] if save_block else 0.0})
                 tracker.log(last, step)
@@ -153,24 +153,28 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
 def _recover(cfg: Config, runner: Runner, checkpointer: Checkpointer, err: WorkerLost, step: int, failures: list,
              tracker: Tracker, say) -> int:
     """New workers, newest readable checkpoint (or the initial state); returns the step to go on from."""
-    failures.append(f"step {step}: {err}")
-    if len(failures) > cfg.train.max_failures:
-        raise RunFailed(f"{len(failures)} failures, more than train.max_failures={cfg.train.max_failures}: "
-                        + "; ".join(failures))
-    say(f"recovery {len(failures)}/{cfg.train.max_failures} at step {step}: {err}; starting new workers")
     checkpointer.wait()
-    try:
-        runner.restart()
-    except ClusterError as short:  # fewer than train.min_workers can be placed
-        steps = checkpointer.steps()
-        kept = f"the checkpoint of step {steps[-1]} is intact" if steps else "no checkpoint was saved yet"
-        raise ClusterError(f"{short}; {kept}, continue with --resume") from None
+    while True:
+        failures.append(f"step {step}: {err}")
+        if len(failures) > cfg.train.max_failures:
+            raise RunFailed(f"{len(failures)} failures, more than train.max_failures={cfg.train.max_failures}: "
+                            + "; ".join(failures))
+        say(f"recovery {len(failures)}/{cfg.train.max_failures} at step {step}: {err}; starting new workers")
+        try:
+            runner.restart()
+            break
+        except WorkerLost as again:  # the new group lost a worker too, or could not join
+            err = again
+        except ClusterError as short:  # fewer than train.min_workers can be placed
+            steps = checkpointer.steps()
+            kept = f"the checkpoint of step {steps[-1]} is intact" if steps else "no checkpoint was saved yet"
+            raise ClusterError(f"{short}; {kept}, continue with --resume") from None
     meta = restore_newest(checkpointer, runner)  # None: no checkpoint yet, the new workers' initial state
     resume_at = meta["step"] if meta else 0
     say(f"recovered: rank {err.rank}, cause: {err.cause}; restored step {resume_at}, "
         f"replaying {step - resume_at} step(s)")
-    tracker.log({"system/recoveries": float(len(failures)), "system/replayed_steps": float(step - resume_at)},
-                step)
+    tracker.log({"system/recoveries": float(len(failures)), "system/replayed_steps": float(step - resume_at),
+                 "system/pending_s": runner.pending_s}, step)
     return resume_at
 
 

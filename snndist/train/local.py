@@ -19,6 +19,7 @@ class LocalRunner:
         self.layout = Layout.over(jax.local_devices()[:devices])
         self.replica = Replica(cfg, self.layout)
         self.num_samples = self.replica.num_samples("train")
+        self.pending_s = 0.0  # its devices are this process's: nothing to wait for
 
     def step(self, indices, upcoming=None) -> Metrics:
         devices = self.replica.local_devices

@@ -11,6 +11,7 @@ from snndist.track.metrics import Metrics
 
 class Runner(Protocol):
     num_samples: int  # in the training split
+    pending_s: float  # seconds spent waiting for resources (the workers', at the start and in recoveries)
 
     def step(self, indices: np.ndarray, upcoming: np.ndarray | None = None) -> Metrics:
         """One training step on the global batch ``indices``; metrics may stay on the device until read.
