@@ -94,10 +94,11 @@ def reserve(train: TrainConfig, cluster: ClusterConfig, local: bool, say: Callab
     """
     have = ray.cluster_resources()
     accelerator, bundle = _bundle(cluster, have)
-    if local or not has_autoscaler():
+    autoscaler = not local and has_autoscaler()
+    if not autoscaler:
         refuse_unfittable(train.workers, bundle, have)
     wait_s = resource_wait_s(cluster, local)
-    group = _placed(train.workers, bundle, cluster.placement_strategy, wait_s, say)
+    group = _placed(train.workers, bundle, cluster.placement_strategy, wait_s, autoscaler, say)
     if group is None:
         raise ClusterError(f"{train.workers} workers x {bundle_text(bundle)} ({cluster.placement_strategy}) could "
                            f"not be placed within cluster.resource_timeout_s={wait_s:g} s")
@@ -123,9 +124,10 @@ def reserve_elastic(like: Reservation, train: TrainConfig, cluster: ClusterConfi
     wait_s = resource_wait_s(cluster, local)
     if fewest < train.workers and wait_s is None:
         wait_s = ELASTIC_WAIT_S
+    autoscaler = not local and has_autoscaler()
     for workers, wait in [(train.workers, wait_s),
                           *((n, PLACE_NOW_S) for n in range(train.workers - 1, fewest - 1, -1))]:
-        group = _placed(workers, bundle, strategy, wait, say)
+        group = _placed(workers, bundle, strategy, wait, autoscaler, say)
         if group is not None:
             return Reservation(group, accelerator, bundle, workers)
     raise ClusterError(f"waited cluster.resource_timeout_s={wait_s:g} s for the resources of "
@@ -157,10 +159,11 @@ def _bundle(cluster: ClusterConfig, have: dict) -> tuple[str, dict]:
     return accelerator, bundle
 
 
-def _placed(workers: int, bundle: dict, strategy: str, wait_s: float | None, say: Callable[[str], None]):
+def _placed(workers: int, bundle: dict, strategy: str, wait_s: float | None, autoscaler: bool,
+            say: Callable[[str], None]):
     """A placement group of ``workers`` bundles once placed, or None (and nothing held) after ``wait_s``
-    (None: no limit). A ``waiting_line`` after FIRST_REPORT_S of waiting, then every REPORT_EVERY_S; on an
-    autoscaling cluster the autoscaler is asked for the bundles while this waits."""
+    (None: no limit). A ``waiting_line`` after FIRST_REPORT_S of waiting, then every REPORT_EVERY_S; with an
+    ``autoscaler`` it is asked for the bundles while this waits."""
     bundles = [dict(bundle) for _ in range(workers)]
     group = placement_group(bundles, strategy=strategy)
     began, asked, said, report = time.monotonic(), False, False, FIRST_REPORT_S
@@ -174,7 +177,7 @@ def _placed(workers: int, bundle: dict, strategy: str, wait_s: float | None, say
                 if said:
                     say(f"placed {workers} x {bundle_text(bundle)} after {time.monotonic() - began:.0f} s of waiting")
                 return group
-            if not asked and has_autoscaler():
+            if autoscaler and not asked:
                 request_resources(bundles=bundles)
                 asked = True
             say(waiting_line(workers, bundle, strategy, time.monotonic() - began, ray.available_resources(),

@@ -36,8 +36,8 @@ class RayRunner:
     def __init__(self, cfg: Config, run_name: str, say=print):
         self.cfg, self.say, self.run_name = cfg, say, run_name
         self.started_ray = cluster.connect(cfg.cluster.address, cfg.train.workers, cfg.cluster.cpus_per_worker)
-        # The embedded instance (this one, or one a test or notebook started): nothing joins it, no need to wait.
-        self.local = self.started_ray or not (cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
+        # No address: the embedded instance (started here, or by a test or notebook); nothing joins it.
+        self.local = not (cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
         self.pending_s = 0.0  # waiting for the workers' resources, at the start and in recoveries
         self.reservation = None
         self.probe = None  # after shrinking: a pending placement group for the missing workers
