@@ -7,6 +7,7 @@
     snndist submit --address http://HEAD:8265 --config configs/tutorial.yaml
 
     snndist train --resume runs/tutorial-20261128-120000 --set train.steps=6000
+    snndist sweep --config configs/tutorial.yaml --space configs/sweep_tutorial.yaml
 
 Bad input (an unknown key, a wrong type, a value out of range, a missing
 file) exits with code 2 and one line that names the field and the problem.
@@ -108,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
                             "flop_floor_ms, device) and nothing else on stdout")
     bench.set_defaults(func=cmd_bench)
 
+    sweep = commands.add_parser("sweep", help="search hyperparameters with Ray Tune", description=(
+        "Train one run per point of a search space (a sweep file: config fields and their distributions, the "
+        "metric to optimise, an optional ASHA scheduler that stops poor trials early) with Ray Tune, each "
+        "trial in SWEEP_DIR/trials/<id> and in the W&B group of the sweep. At the end: a table of the trials "
+        "by the metric, SWEEP_DIR/best.yaml (the best trial's config, for snndist train --config) and "
+        "SWEEP_DIR/plots/sweep.png. See README, 'Sweeps'."))
+    sweep.add_argument("--config", metavar="FILE", help="the base config every trial starts from")
+    sweep.add_argument("--space", metavar="FILE", help="the sweep file, e.g. configs/sweep_tutorial.yaml")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field of the base config (repeatable)")
+    sweep.add_argument("--run-dir", metavar="DIR", help="the sweep directory (default: runs/<sweep file>-<time>)")
+    sweep.add_argument("--address", metavar="ADDR", help="Ray cluster to join, as for train (default: "
+                                                         "RAY_ADDRESS, else a local instance)")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR",
+                       help="continue a stopped sweep: ended trials stay, unfinished ones resume from their "
+                            "newest checkpoints")
+    sweep.add_argument("--status", metavar="SWEEP_DIR",
+                       help="print the table of a sweep (running or ended), write its best.yaml and picture")
+    sweep.set_defaults(func=cmd_sweep)
+
     from snndist.dist.job_commands import add_job_commands
 
     add_job_commands(commands)
@@ -156,6 +177,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     train(cfg, run_dir, local=args.local, resume=bool(args.resume), restart=args.restart,
           say=lambda line: print(line, flush=True))
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from snndist.sweep import launch
+
+    given = [name for name in ("config", "space", "set", "run_dir", "address") if getattr(args, name)]
+    if args.resume or args.status:
+        if args.resume and args.status:
+            raise ConfigError("--resume and --status: one or the other")
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')}: a sweep's own files say it; drop it with "
+                              f"--resume/--status")
+        if args.status:
+            launch.status(Path(args.status))
+            return 0
+        os.environ["JAX_PLATFORMS"] = "cpu"  # as for train: the driver holds no device memory
+        return launch.resume(Path(args.resume))
+    if not args.config or not args.space:
+        raise ConfigError("--config FILE and --space FILE are required (or --resume/--status SWEEP_DIR)")
+    from snndist.config import load_config
+    from snndist.store.rundir import default_run_dir
+
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    base = load_config(args.config, [*args.set, *([f"cluster.address={args.address}"] if args.address else [])])
+    sweep_dir = args.run_dir or str(default_run_dir(args.space))
+    print(f"sweep directory: {sweep_dir}", flush=True)
+    return launch.sweep(base, args.space, sweep_dir)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

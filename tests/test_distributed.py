@@ -63,8 +63,9 @@ def test_local_runner_on_four_devices_matches_one(reference):
     assert losses[-1] == pytest.approx(reference[2][-1], rel=1e-3)
 
 
-@pytest.mark.parametrize("sync", ["coordinator", "xla"])
-@pytest.mark.parametrize("workers,devices", [(1, 1), (1, 4), (2, 1), (2, 2)])
+# One worker steps alike under both syncs (nothing to average): coordinator sync with one worker is not run.
+@pytest.mark.parametrize("sync,workers,devices", [("xla", 1, 1), ("xla", 1, 4), ("xla", 2, 1), ("xla", 2, 2),
+                                                  ("coordinator", 2, 1), ("coordinator", 2, 2)])
 def test_topology_does_not_change_the_result(local_ray, reference, sync, workers, devices):
     cfg = load_config("configs/tutorial.yaml", BASE + [
         f"train.grad_sync={sync}", f"train.workers={workers}", f"cluster.devices_per_worker={devices}"])
@@ -166,7 +167,9 @@ def test_cluster_env_reaches_the_workers_environment_under_snndists_own():
 
 @ray.remote
 class _Peer:
-    def step(self, fail: bool = False):
+    def step(self, fail: bool = False, die: bool = False):
+        if die:  # the process ends mid-call, as a killed peer's does (ray.kill may still let a call run)
+            os._exit(1)
         if fail:
             raise RuntimeError("Gloo all-reduce failed: Connection reset by peer")
         return 1
@@ -179,8 +182,7 @@ def test_a_workers_error_with_a_dead_peer_is_the_peers_loss(local_ray):
 
     dead, alive, failing = _Peer.remote(), _Peer.remote(), _Peer.remote()
     ray.get([dead.step.remote(), alive.step.remote()])
-    ray.kill(dead)
-    refs = [dead.step.remote(), alive.step.remote(), failing.step.remote(True)]
+    refs = [dead.step.remote(die=True), alive.step.remote(), failing.step.remote(True)]
     lost = _lost_among(list(refs), {ref: rank for rank, ref in enumerate(refs)}, grace_s=30)
     assert isinstance(lost, WorkerLost) and lost.rank == 0 and "ActorDiedError" in str(lost)
     healthy = [alive.step.remote(), failing.step.remote(True)]

@@ -73,6 +73,7 @@ class Reservation(NamedTuple):
     accelerator: str  # cpu | gpu | tpu: cluster.accelerator with auto resolved
     bundle: dict  # one worker's resources
     workers: int  # bundles in the group: train.workers, or fewer after losing nodes
+    owned: bool = True  # False: the group this process runs in (a sweep trial's), its owner's to remove
 
 
 def resource_wait_s(cluster: ClusterConfig, local: bool) -> float | None:
@@ -93,7 +94,7 @@ def reserve(train: TrainConfig, cluster: ClusterConfig, local: bool, say: Callab
     this waits (``resource_wait_s``), saying every REPORT_EVERY_S what for and what is free.
     """
     have = ray.cluster_resources()
-    accelerator, bundle = _bundle(cluster, have)
+    accelerator, bundle = worker_bundle(cluster, have)
     autoscaler = not local and has_autoscaler()
     if not autoscaler:
         refuse_unfittable(train.workers, bundle, have)
@@ -103,6 +104,22 @@ def reserve(train: TrainConfig, cluster: ClusterConfig, local: bool, say: Callab
         raise ClusterError(f"{train.workers} workers x {bundle_text(bundle)} ({cluster.placement_strategy}) could "
                            f"not be placed within cluster.resource_timeout_s={wait_s:g} s")
     return Reservation(group, accelerator, bundle, train.workers)
+
+
+def given_group(train: TrainConfig, cluster: ClusterConfig) -> Reservation | None:
+    """The placement group this process was started in, taking none of its resources: a sweep trial's, one
+    bundle per worker (after the trial's own empty one), which Ray Tune placed and removes. None otherwise
+    (a group whose resources this process uses is not the workers'; they get one of their own)."""
+    from ray.util import get_current_placement_group
+
+    group = get_current_placement_group()
+    if group is None or ray.get_runtime_context().get_assigned_resources():
+        return None
+    accelerator, bundle = worker_bundle(cluster, ray.cluster_resources())
+    if len(group.bundle_specs) != train.workers:
+        raise ClusterError(f"this process runs in a placement group of {len(group.bundle_specs)} bundle(s), "
+                           f"not one per worker (train.workers={train.workers})")
+    return Reservation(group, accelerator, bundle, train.workers, owned=False)
 
 
 def refuse_unfittable(workers: int, bundle: dict, have: dict) -> None:
@@ -147,7 +164,8 @@ def is_placed(group) -> bool:
     return placement_group_table(group).get("state") == "CREATED"
 
 
-def _bundle(cluster: ClusterConfig, have: dict) -> tuple[str, dict]:
+def worker_bundle(cluster: ClusterConfig, have: dict) -> tuple[str, dict]:
+    """The accelerator (``auto`` resolved by what the cluster ``have``s) and one worker's resources."""
     accelerator = cluster.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if have.get("GPU", 0) else "tpu" if have.get("TPU", 0) else "cpu"
@@ -228,7 +246,8 @@ def launches_nodes(status: dict) -> bool:
 
 
 def release(reservation: Reservation) -> None:
-    remove_placement_group(reservation.group)
+    if reservation.owned:
+        remove_placement_group(reservation.group)
 
 
 def worker_env(accelerator: str, devices: int, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -45,7 +45,8 @@ class RayRunner:
         self.failed = False
         self.generation = 0  # worker groups started so far
         try:
-            self._start(self._waited(cluster.reserve, cfg.train, cfg.cluster))
+            given = cluster.given_group(cfg.train, cfg.cluster)  # a sweep trial's, placed by Ray Tune
+            self._start(given or self._waited(cluster.reserve, cfg.train, cfg.cluster))
         except BaseException:
             self.close()
             raise
@@ -168,6 +169,9 @@ class RayRunner:
         takes as many as can be placed, down to ``train.min_workers``, and ``grow`` takes them back later."""
         t, like = self.cfg.train, self.reservation
         self._stop_workers()
+        if not like.owned:  # a sweep trial's group: the same bundles, free again
+            self._start(like)
+            return
         fewest = t.workers if t.min_workers is None else t.min_workers
         reservation = self._waited(cluster.reserve_elastic, like, t, self.cfg.cluster, fewest)
         if reservation.workers < t.workers:

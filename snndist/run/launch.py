@@ -14,7 +14,7 @@ from snndist.run.loop import StopSignal, fit, restore_newest
 from snndist.store.checkpoint import Checkpointer
 from snndist.store.lease import RunLease
 from snndist.store.rundir import check_run_dir_free, is_remote, local_dir_for, open_run_dir
-from snndist.track.tracker import BackgroundTracker, JsonlTracker, MultiTracker, last_logged_step
+from snndist.track.tracker import BackgroundTracker, JsonlTracker, MultiTracker, Tracker, last_logged_step
 from snndist.train.runner import Runner
 
 
@@ -39,18 +39,19 @@ def _changed_fields(a, b, path="") -> list[str]:
 
 
 def train(cfg: Config, run_dir: str | Path, *, local: bool, resume: bool = False, restart: bool = False,
-          say: Callable[[str], None] = print) -> dict:
-    """Run (or continue) the training ``cfg`` describes in ``run_dir``; returns the summary."""
+          say: Callable[[str], None] = print, report: Tracker | None = None) -> dict:
+    """Run (or continue) the training ``cfg`` describes in ``run_dir``; returns the summary. ``report``:
+    one more tracker, called on the training thread (a sweep trial's report to Ray Tune)."""
     run_dir = open_run_dir(run_dir)
     if not resume:
         check_run_dir_free(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLease(run_dir, cfg.checkpoint.lease_timeout_s, say=say) as lease:
-        return _run(cfg, run_dir, lease, local=local, resume=resume, restart=restart, say=say)
+        return _run(cfg, run_dir, lease, local=local, resume=resume, restart=restart, say=say, report=report)
 
 
 def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, *, local: bool, resume: bool, restart: bool,
-         say: Callable[[str], None]) -> dict:
+         say: Callable[[str], None], report: Tracker | None) -> dict:
     # W&B starts in this thread, after the runner: on CPython 3.11 importing W&B in a second thread (pydantic
     # parses its classes' source) while this one imports or compiles can fail with "AST constructor
     # recursion depth mismatch" (CPython gh-106905); a resumed run must also first read which W&B run it
@@ -84,6 +85,8 @@ def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, *, local: bool, resu
         checkpointer = checkpointer or Checkpointer(run_dir, cfg.checkpoint, say=say)
         meta = {"wandb_run_id": wandb.run_id if wandb else None}
         tracker = BackgroundTracker(MultiTracker(JsonlTracker(run_dir), *([wandb] if wandb else [])))
+        if report is not None:
+            tracker = MultiTracker(tracker, report)
         try:
             summary = fit(cfg, runner, tracker, checkpointer, start_step=start_step, stop=stop, meta=meta, say=say,
                           lease=lease)

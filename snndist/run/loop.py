@@ -7,6 +7,7 @@ It drives a ``Runner`` (``snndist.train.runner``): the single-process
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from typing import Callable
 
@@ -31,8 +32,11 @@ class StopSignal:
         self.signal: int | None = None
 
     def install(self) -> "StopSignal":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        """Catch the signals here if this is the main thread; elsewhere (a Ray Tune trial's thread) the
+        process's owner stops the run."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -129,13 +133,14 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
             evaluation = None
             if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
                 evaluation = summarize(runner.evaluate(t.eval_split), prefix="eval")
-                tracker.log(evaluation, step)
-                window_start = time.perf_counter()  # keep eval time out of perf/step_time_s
             if step % cfg.checkpoint.every_steps == 0 or step == t.steps:
                 save(step, evaluation)
                 grown = runner.grow() if step < t.steps else None
                 if grown:
                     say(grown)
+            if evaluation is not None:  # after the save: a sweep's scheduler may end the trial at this report
+                tracker.log(evaluation, step)
+                window_start = time.perf_counter()  # keep eval time out of perf/step_time_s
     finally:  # also on a stop signal or a failure
         progress.close()
     checkpointer.wait()

@@ -51,6 +51,19 @@ def _alive_here(holder: dict) -> bool:
     return True
 
 
+def is_held(run_dir: str | os.PathLike, timeout_s: float) -> bool:
+    """Whether a run holds ``run_dir`` now: its lease file names a live process here, or one elsewhere whose
+    heartbeat is fresher than ``timeout_s``. (A local or shared directory.)"""
+    try:
+        with open(os.path.join(run_dir, LEASE)) as f:
+            holder = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if holder.get("host") == socket.gethostname():
+        return _alive_here(holder)
+    return time.time() - holder.get("heartbeat", 0) < timeout_s
+
+
 class RunLease:
     """``with RunLease(run_dir, timeout_s):`` holds the run directory for the block."""
 
