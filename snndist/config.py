@@ -187,6 +187,10 @@ class TrainConfig:
     # use TF32 on NVIDIA GPUs and bf16 passes on TPUs (faster; spikes flip, gradients move by up to ~3%); high:
     # between. No effect on CPUs. The step's math changes on accelerators, so a resume may not change it.
     matmul_precision: MatmulPrecision = added("highest")
+    # GPU workers: XLA's deterministic algorithms (--xla_gpu_deterministic_ops) in place of atomics for
+    # scatter-adds and reductions, so that two runs on the same GPUs give the same bits (slower). CPUs are
+    # deterministic already. Set in the Ray workers' environment before they start JAX.
+    deterministic_ops: bool = resumable(False)
     # Walk through time in chunks of this many steps, each recomputed in the backward pass: memory grows
     # with T / remat + remat instead of T, for about one more forward pass (0: off). The same math; the
     # sums over time are added chunk by chunk, so results may differ in the last bits, and a resume may

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from snndist.config import load_config
-from snndist.dist.cluster import check_group, worker_env
+from snndist.dist.cluster import check_group, local_gpu_ids, worker_env
 from snndist.dist.coordinator import RayRunner
 from snndist.data.order import batch_indices
 from snndist.errors import ClusterError, WorkerError, WorkerLost
@@ -163,6 +163,28 @@ def test_cluster_env_reaches_the_workers_environment_under_snndists_own():
         "XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=2"}
     assert worker_env("gpu", 4, user) == {**user, "JAX_PLATFORMS": "cuda"}
     assert worker_env("tpu", 4) == {"JAX_PLATFORMS": "tpu"}
+    assert worker_env("gpu", 4, user, deterministic=True)["XLA_FLAGS"] == (
+        "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true")
+    assert "XLA_FLAGS" not in worker_env("tpu", 4, deterministic=True)  # a GPU flag: CPUs are deterministic already
+
+
+def test_a_gpu_workers_local_device_ids_follow_what_ray_made_visible():
+    # Ray set CUDA_VISIBLE_DEVICES=5,7 for GPUs 5 and 7: JAX numbers them 0 and 1.
+    assert local_gpu_ids(2, ["5", "7"], {"CUDA_VISIBLE_DEVICES": "5,7"}) == [0, 1]
+    # Told not to, Ray leaves every GPU of the node visible: JAX's ids are the node's.
+    assert local_gpu_ids(2, ["7", "5"], {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}) == [5, 7]
+    assert local_gpu_ids(1, [3], {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "0"}) == [0]
+
+
+def test_the_deterministic_gpu_flag_is_one_this_xla_knows():
+    """XLA stops at startup on an unknown flag in XLA_FLAGS: a misspelt one would stop every GPU worker."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": worker_env("gpu", 1, deterministic=True)["XLA_FLAGS"]}
+    done = subprocess.run([sys.executable, "-c", "import jax; print(float(jax.numpy.ones(2).sum()))"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "2.0", done.stderr[-2000:]
+    env["XLA_FLAGS"] = "--xla_gpu_deterministic_opz=true"  # the check can fail
+    assert subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(2).sum()"], env=env,
+                          capture_output=True, timeout=120).returncode != 0
 
 
 @ray.remote

@@ -1,5 +1,6 @@
 """snndist sweep: Ray Tune over the tutorial on the embedded local Ray, stopped and resumed; ASHA's early
 stops, failing trials, best.yaml trained again, each trial's W&B run; bad sweep files."""
+import contextlib
 import json
 import os
 import signal
@@ -18,13 +19,13 @@ from wandb_records import config_of, inspect_records
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 trials: 4 points of the space, each healthy and with two NaN steps (which the run stops at, as
-# train.max_bad_steps=2 says: a failing trial). ASHA keeps a third at step 100 and 300.
+# train.max_bad_steps=2 says: a failing trial). ASHA keeps a quarter at step 100, its only rung before 400.
 SWEEP = {
     "name": "tutorial-sweep",
     "metric": "eval/accuracy", "mode": "max", "num_samples": 4, "seed": 1,
     "set": ["train.steps=400", "train.eval_every=100", "checkpoint.every_steps=100", "logging.log_every=100",
             "train.max_bad_steps=2", "logging.wandb.images_every=0"],
-    "scheduler": {"kind": "asha", "grace_period": 100, "reduction_factor": 3},
+    "scheduler": {"kind": "asha", "grace_period": 100, "reduction_factor": 4},
     "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-2]},
               "model.layers[0].tau_mem_ms": {"uniform": [10.0, 40.0]},
               "train.debug_nan_steps": {"grid": [[], [3, 4]]}},
@@ -43,14 +44,14 @@ def _state(sweep_dir: Path) -> list[dict]:
 
 
 def _mid_run(sweep_dir: Path, rows: list[dict]) -> list[str]:
-    """Trials running with a checkpoint past step 0."""
-    return [r["id"] for r in rows if r["status"] == "running"
-            and any(p.name != "0" for p in (sweep_dir / "trials" / r["id"] / "checkpoints").glob("[0-9]*"))]
+    """Running trials past ASHA's only rung (step 100) with the checkpoint of step 200, and 200 steps to go."""
+    checkpoints = {r["id"]: sweep_dir / "trials" / r["id"] / "checkpoints" for r in rows if r["status"] == "running"}
+    return [trial for trial, saved in checkpoints.items() if (saved / "200").is_dir() and not (saved / "300").exists()]
 
 
 @pytest.fixture(scope="module")
 def stopped_and_resumed(tmp_path_factory):
-    """The sweep, stopped by SIGTERM once a trial has ended and another is mid-run, then resumed."""
+    """The sweep, stopped by SIGTERM once a trial has ended and another is mid-run (held still), then resumed."""
     root = tmp_path_factory.mktemp("sweep")
     space, sweep_dir = root / "space.yaml", root / "sweep"
     space.write_text(yaml.safe_dump(SWEEP))
@@ -65,17 +66,24 @@ def stopped_and_resumed(tmp_path_factory):
             break
         time.sleep(0.05)
     assert mid, f"the sweep ended before a trial was mid-run: {first.communicate(timeout=60)[0][-3000:]}"
+    # Held still, so that it cannot finish before the stop reaches it: cut off mid-run for sure.
+    frozen = json.loads((sweep_dir / "trials" / mid[0] / ".snndist-lease.json").read_text())["pid"]
+    os.kill(frozen, signal.SIGSTOP)
     first.send_signal(signal.SIGTERM)
     first_out = first.communicate(timeout=120)[0]
+    with contextlib.suppress(ProcessLookupError):  # Ray kills it when its instance goes; if not, it goes now
+        os.kill(frozen, signal.SIGKILL)
     before = {r["id"]: r for r in _state(sweep_dir)}
     ended_before = {i: (sweep_dir / "trials" / i / "metrics.jsonl").read_bytes()
                     for i, r in before.items() if r["status"] in ("done", "stopped early", "error")}
     started_before = {p.name for p in (sweep_dir / "trials").iterdir()}
-    saved_before = {i for i in started_before if list((sweep_dir / "trials" / i / "checkpoints").glob("[0-9]*"))}
+    saved_before = {i for i in started_before
+                    if any(p.name.isdigit() for p in (sweep_dir / "trials" / i / "checkpoints").glob("*"))}
     second = subprocess.run([sys.executable, "-m", "snndist", "sweep", "--resume", str(sweep_dir)], cwd=REPO,
                             env=_env(), capture_output=True, text=True, timeout=600)
-    return dict(sweep_dir=sweep_dir, first=first, first_out=first_out, mid=mid, ended_before=ended_before,
-                started_before=started_before, saved_before=saved_before, second=second, rows={r["id"]: r for r in _state(sweep_dir)})
+    return dict(sweep_dir=sweep_dir, first=first, first_out=first_out, mid=mid[0], ended_before=ended_before,
+                started_before=started_before, saved_before=saved_before, second=second,
+                rows={r["id"]: r for r in _state(sweep_dir)})
 
 
 def test_a_stopped_sweep_resumes_and_every_trial_ends_once(stopped_and_resumed):
@@ -90,8 +98,7 @@ def test_a_stopped_sweep_resumes_and_every_trial_ends_once(stopped_and_resumed):
         assert (s["sweep_dir"] / "trials" / trial / "metrics.jsonl").read_bytes() == metrics, trial
         assert f"trial {trial} started" not in s["second"].stdout
     # Mid-run at the stop: went on from its checkpoint, in the same W&B run.
-    for trial in s["mid"]:
-        assert f"[{trial}] resumed at step" in s["second"].stdout
+    assert s["mid"] not in s["ended_before"] and f"[{s['mid']}] resumed at step" in s["second"].stdout
     # One W&B run a trial: none started over, but those stopped before their first checkpoint.
     for trial in set(rows) - (s["started_before"] - s["saved_before"] - set(s["ended_before"])):
         runs = {p.name.rsplit("-", 1)[-1] for p in (s["sweep_dir"] / "trials" / trial / "wandb").glob("offline-run-*")}

@@ -250,19 +250,34 @@ def release(reservation: Reservation) -> None:
         remove_placement_group(reservation.group)
 
 
-def worker_env(accelerator: str, devices: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+GPU_DETERMINISTIC_OPS = "--xla_gpu_deterministic_ops=true"  # train.deterministic_ops on GPU workers
+
+
+def worker_env(accelerator: str, devices: int, extra: dict[str, str] | None = None,
+               deterministic: bool = False) -> dict[str, str]:
     """Environment a worker needs before it imports JAX, over ``extra`` (``cluster.env``: NCCL_*, XLA_FLAGS,
     LIBTPU_INIT_ARGS, ...).
 
     CPU workers get ``devices`` host devices (after the user's own XLA_FLAGS). GPU workers see the GPUs Ray
-    assigned them through CUDA_VISIBLE_DEVICES, which Ray sets; JAX numbers them from 0.
+    assigned them through CUDA_VISIBLE_DEVICES, which Ray sets; JAX numbers them from 0. ``deterministic``
+    (``train.deterministic_ops``) turns on XLA's deterministic GPU algorithms.
     """
     env = dict(extra or {})
     env["JAX_PLATFORMS"] = {"cpu": "cpu", "gpu": "cuda"}.get(accelerator, "tpu")
-    if accelerator == "cpu":
-        env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"),
-                                                  f"--xla_force_host_platform_device_count={devices}"]))
+    flag = {"cpu": f"--xla_force_host_platform_device_count={devices}",
+            "gpu": GPU_DETERMINISTIC_OPS if deterministic else None}.get(accelerator)
+    if flag:
+        env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), flag]))
     return env
+
+
+def local_gpu_ids(devices: int, assigned: list, env: dict) -> list[int]:
+    """A GPU worker's GPUs as JAX numbers them in its process: 0..``devices``-1 where Ray set
+    CUDA_VISIBLE_DEVICES to the ``assigned`` ones (``ray.get_gpu_ids()``); those ids themselves where Ray was
+    told not to (RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES), since JAX then sees every GPU of the node."""
+    if env.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "0") not in ("", "0"):
+        return sorted(int(i) for i in assigned)
+    return list(range(devices))
 
 
 def check_group(rank: int, workers: int, devices_per_worker: int, processes: int, devices: int) -> None:

@@ -100,7 +100,8 @@ class RayRunner:
             options = dict(
                 name=f"snndist-{run_name}-rank{rank}", num_cpus=c.cpus_per_worker, max_restarts=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(reservation.group, rank),
-                runtime_env={"env_vars": cluster.worker_env(accelerator, c.devices_per_worker, c.env)})
+                runtime_env={"env_vars": cluster.worker_env(accelerator, c.devices_per_worker, c.env,
+                                                            self.cfg.train.deterministic_ops)})
             if accelerator == "gpu":
                 options["num_gpus"] = c.devices_per_worker
             elif accelerator == "tpu":

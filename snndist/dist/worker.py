@@ -12,7 +12,7 @@ import ray
 
 from snndist.config import from_dict
 from snndist.data.order import Shard
-from snndist.dist.cluster import JOIN_TIMEOUT_S, check_group, pin_to_cores
+from snndist.dist.cluster import JOIN_TIMEOUT_S, check_group, local_gpu_ids, pin_to_cores
 from snndist.errors import JoinFailed, one_line
 
 
@@ -43,8 +43,10 @@ class Worker:
         from snndist.train.replica import Replica
         from snndist.train.step import Layout
 
+        local_ids = None
+        if self.accelerator == "gpu":
+            local_ids = local_gpu_ids(self.cfg.cluster.devices_per_worker, ray.get_gpu_ids(), dict(os.environ))
         if coordinator_address:
-            local_ids = list(range(self.cfg.cluster.devices_per_worker)) if self.accelerator == "gpu" else None
             try:
                 jax.distributed.initialize(coordinator_address, num_processes=self.workers, process_id=self.rank,
                                            local_device_ids=local_ids, initialization_timeout=JOIN_TIMEOUT_S)
@@ -56,7 +58,7 @@ class Worker:
                         jax.device_count())
             devices = jax.devices()
         else:
-            devices = jax.local_devices()
+            devices = [d for d in jax.local_devices() if local_ids is None or d.id in local_ids]
         self.replica = Replica(self.cfg, Layout.over(devices))
         return {"rank": self.rank, "node": ray.get_runtime_context().get_node_id(),
                 "local_devices": self.replica.local_devices, "mesh": self.replica.layout.size,
