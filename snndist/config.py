@@ -244,7 +244,9 @@ class ClusterConfig:
     cpus_per_worker: int = 1
     pin_cpus: bool = False  # CPU workers: confine each to cpus_per_worker cores (XLA uses every core it sees)
     devices_per_worker: int = 1  # GPUs or TPU chips; on CPU, host devices XLA exposes per worker
-    placement_strategy: PlacementStrategy = "PACK"
+    # null: STRICT_SPREAD when the workers get GPUs (one worker a node, holding cluster.devices_per_worker of
+    # its GPUs: NCCL is slow or hangs between processes that each see one GPU of a node), else PACK
+    placement_strategy: Optional[PlacementStrategy] = None
     # how long to wait for the workers' resources; None: no limit on a cluster (--address, RAY_ADDRESS, a Ray
     # job: capacity frees and nodes join), 60 s on the embedded local instance
     resource_timeout_s: Optional[float] = None

@@ -58,7 +58,7 @@ def test_the_local_instance_has_no_autoscaler_and_a_recovery_on_a_cluster_waits_
 
     assert not cluster.has_autoscaler()
     cfg = load_config("configs/tutorial.yaml", ["train.workers=2"])
-    like = cluster.Reservation(None, "cpu", {"CPU": 1}, 2)
+    like = cluster.Reservation(None, "cpu", {"CPU": 1}, 2, "PACK")
     blocker = placement_group([{"CPU": 4}])  # the whole instance, as another job would hold it
     assert blocker.wait(30)
     lines: list[str] = []

@@ -73,6 +73,7 @@ class Reservation(NamedTuple):
     accelerator: str  # cpu | gpu | tpu: cluster.accelerator with auto resolved
     bundle: dict  # one worker's resources
     workers: int  # bundles in the group: train.workers, or fewer after losing nodes
+    strategy: str  # cluster.placement_strategy with null resolved
     owned: bool = True  # False: the group this process runs in (a sweep trial's), its owner's to remove
 
 
@@ -99,11 +100,12 @@ def reserve(train: TrainConfig, cluster: ClusterConfig, local: bool, say: Callab
     if not autoscaler:
         refuse_unfittable(train.workers, bundle, have)
     wait_s = resource_wait_s(cluster, local)
-    group = _placed(train.workers, bundle, cluster.placement_strategy, wait_s, autoscaler, say)
+    strategy = placement_strategy(cluster, accelerator)
+    group = _placed(train.workers, bundle, strategy, wait_s, autoscaler, say)
     if group is None:
-        raise ClusterError(f"{train.workers} workers x {bundle_text(bundle)} ({cluster.placement_strategy}) could "
+        raise ClusterError(f"{train.workers} workers x {bundle_text(bundle)} ({strategy}) could "
                            f"not be placed within cluster.resource_timeout_s={wait_s:g} s")
-    return Reservation(group, accelerator, bundle, train.workers)
+    return Reservation(group, accelerator, bundle, train.workers, strategy)
 
 
 def given_group(train: TrainConfig, cluster: ClusterConfig) -> Reservation | None:
@@ -119,7 +121,8 @@ def given_group(train: TrainConfig, cluster: ClusterConfig) -> Reservation | Non
     if len(group.bundle_specs) != train.workers:
         raise ClusterError(f"this process runs in a placement group of {len(group.bundle_specs)} bundle(s), "
                            f"not one per worker (train.workers={train.workers})")
-    return Reservation(group, accelerator, bundle, train.workers, owned=False)
+    return Reservation(group, accelerator, bundle, train.workers, placement_strategy(cluster, accelerator),
+                       owned=False)
 
 
 def refuse_unfittable(workers: int, bundle: dict, have: dict) -> None:
@@ -137,7 +140,7 @@ def reserve_elastic(like: Reservation, train: TrainConfig, cluster: ClusterConfi
     """After losing workers: bundles ``like`` the earlier ones for all ``train.workers`` once their resources
     are back; an elastic run (``fewest`` < ``train.workers``) waits for them at most ``cluster.resource_timeout_s``
     (unset: ELASTIC_WAIT_S), then takes as many as can be placed now, down to ``fewest``."""
-    accelerator, bundle, strategy = like.accelerator, like.bundle, cluster.placement_strategy
+    accelerator, bundle, strategy = like.accelerator, like.bundle, like.strategy
     wait_s = resource_wait_s(cluster, local)
     if fewest < train.workers and wait_s is None:
         wait_s = ELASTIC_WAIT_S
@@ -146,22 +149,27 @@ def reserve_elastic(like: Reservation, train: TrainConfig, cluster: ClusterConfi
                           *((n, PLACE_NOW_S) for n in range(train.workers - 1, fewest - 1, -1))]:
         group = _placed(workers, bundle, strategy, wait, autoscaler, say)
         if group is not None:
-            return Reservation(group, accelerator, bundle, workers)
+            return Reservation(group, accelerator, bundle, workers, strategy)
     raise ClusterError(f"waited cluster.resource_timeout_s={wait_s:g} s for the resources of "
                        f"{train.workers} workers x {bundle_text(bundle)} ({strategy}) to come back, and fewer than "
                        f"train.min_workers={fewest} can be placed")
 
 
-def probe(reservation: Reservation, train: TrainConfig, cluster: ClusterConfig):
+def probe(reservation: Reservation, train: TrainConfig):
     """A pending placement group for the workers a shrunken reservation lacks: ready once their
     resources are back (and, on an autoscaling cluster, asking for them)."""
     return placement_group([dict(reservation.bundle) for _ in range(train.workers - reservation.workers)],
-                           strategy=cluster.placement_strategy)
+                           strategy=reservation.strategy)
 
 
 def is_placed(group) -> bool:
     """Whether ``group`` holds its resources now, asked of the GCS (``group.wait(0)`` times out at once)."""
     return placement_group_table(group).get("state") == "CREATED"
+
+
+def placement_strategy(cluster: ClusterConfig, accelerator: str) -> str:
+    """``cluster.placement_strategy``, or by default STRICT_SPREAD for GPU workers (a node each), else PACK."""
+    return cluster.placement_strategy or ("STRICT_SPREAD" if accelerator == "gpu" else "PACK")
 
 
 def worker_bundle(cluster: ClusterConfig, have: dict) -> tuple[str, dict]:
@@ -251,21 +259,26 @@ def release(reservation: Reservation) -> None:
 
 
 GPU_DETERMINISTIC_OPS = "--xla_gpu_deterministic_ops=true"  # train.deterministic_ops on GPU workers
+# Tests only, in the coordinator's environment: workers scheduled on Ray's GPU or TPU resources (which Ray
+# grants on any machine a node declares them on) run JAX on the CPU, with as many host devices.
+ACCELERATORS_ON_CPU = "SNNDIST_TEST_ACCELERATORS_ON_CPU"
 
 
 def worker_env(accelerator: str, devices: int, extra: dict[str, str] | None = None,
-               deterministic: bool = False) -> dict[str, str]:
+               deterministic: bool = False, jax_on_cpu: bool = False) -> dict[str, str]:
     """Environment a worker needs before it imports JAX, over ``extra`` (``cluster.env``: NCCL_*, XLA_FLAGS,
     LIBTPU_INIT_ARGS, ...).
 
     CPU workers get ``devices`` host devices (after the user's own XLA_FLAGS). GPU workers see the GPUs Ray
     assigned them through CUDA_VISIBLE_DEVICES, which Ray sets; JAX numbers them from 0. ``deterministic``
-    (``train.deterministic_ops``) turns on XLA's deterministic GPU algorithms.
+    (``train.deterministic_ops``) turns on XLA's deterministic GPU algorithms. ``jax_on_cpu``: the tests'
+    ACCELERATORS_ON_CPU.
     """
     env = dict(extra or {})
-    env["JAX_PLATFORMS"] = {"cpu": "cpu", "gpu": "cuda"}.get(accelerator, "tpu")
+    platform = "cpu" if jax_on_cpu else accelerator
+    env["JAX_PLATFORMS"] = {"cpu": "cpu", "gpu": "cuda"}.get(platform, "tpu")
     flag = {"cpu": f"--xla_force_host_platform_device_count={devices}",
-            "gpu": GPU_DETERMINISTIC_OPS if deterministic else None}.get(accelerator)
+            "gpu": GPU_DETERMINISTIC_OPS if deterministic else None}.get(platform)
     if flag:
         env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), flag]))
     return env

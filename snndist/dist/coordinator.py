@@ -71,6 +71,7 @@ class RayRunner:
                     raise WorkerLost(None, f"{err}, again after starting the group anew") from None
                 self.say(f"{err}; starting the worker group again, on a free port")
                 port = None
+        self.infos = infos  # each worker's rank, node, devices (and for GPUs, what Ray gave it)
         self.nodes = {ray.get_runtime_context().get_node_id(), *(info["node"] for info in infos)}
         self.drain_checked, self.drain_warned = time.monotonic(), False
         self.local_devices = infos[0]["local_devices"]
@@ -100,8 +101,9 @@ class RayRunner:
             options = dict(
                 name=f"snndist-{run_name}-rank{rank}", num_cpus=c.cpus_per_worker, max_restarts=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(reservation.group, rank),
-                runtime_env={"env_vars": cluster.worker_env(accelerator, c.devices_per_worker, c.env,
-                                                            self.cfg.train.deterministic_ops)})
+                runtime_env={"env_vars": cluster.worker_env(
+                    accelerator, c.devices_per_worker, c.env, self.cfg.train.deterministic_ops,
+                    jax_on_cpu=os.environ.get(cluster.ACCELERATORS_ON_CPU) == "1")})
             if accelerator == "gpu":
                 options["num_gpus"] = c.devices_per_worker
             elif accelerator == "tpu":
@@ -179,7 +181,7 @@ class RayRunner:
             self.say(f"going on with {reservation.workers} of train.workers={t.workers} workers (train.min_workers="
                      f"{fewest}), the same global batch; back to {t.workers} at a checkpoint when the resources "
                      "return")
-            self.probe = cluster.probe(reservation, t, self.cfg.cluster)
+            self.probe = cluster.probe(reservation, t)
         self._start(reservation)
 
     def grow(self) -> str | None:
@@ -191,7 +193,7 @@ class RayRunner:
         self._start(self._waited(cluster.reserve_elastic, like, self.cfg.train, self.cfg.cluster, like.workers))
         self.set_state(state)
         if len(self.workers) < self.cfg.train.workers:  # taken by something else meanwhile: wait again
-            self.probe = cluster.probe(self.reservation, self.cfg.train, self.cfg.cluster)
+            self.probe = cluster.probe(self.reservation, self.cfg.train)
         return f"grew from {like.workers} to {len(self.workers)} workers at step {state['step']}"
 
     def _waited(self, reserve, *args) -> cluster.Reservation:

@@ -60,9 +60,13 @@ class Worker:
         else:
             devices = [d for d in jax.local_devices() if local_ids is None or d.id in local_ids]
         self.replica = Replica(self.cfg, Layout.over(devices))
-        return {"rank": self.rank, "node": ray.get_runtime_context().get_node_id(),
+        info = {"rank": self.rank, "node": ray.get_runtime_context().get_node_id(),
                 "local_devices": self.replica.local_devices, "mesh": self.replica.layout.size,
                 "platform": devices[0].platform, "num_samples": self.replica.num_samples("train")}
+        if self.accelerator == "gpu":
+            info.update(gpu_ids=ray.get_gpu_ids(), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                        local_device_ids=local_ids)
+        return info
 
     def train_step(self, shard: Shard, upcoming: Shard | None = None) -> dict:
         from snndist.train.step import to_host

@@ -156,8 +156,8 @@ def _with_resources(run_trial, sweep_dir: Path, sets: tuple[str, ...], group: st
 
     def resources(params: dict):
         cfg = trial_config(sweep_dir, sets, params, group, "resources")
-        _, bundle = cluster.worker_bundle(cfg.cluster, have)
+        accelerator, bundle = cluster.worker_bundle(cfg.cluster, have)
         return tune.PlacementGroupFactory([{}] + [bundle] * cfg.train.workers,
-                                          strategy=cfg.cluster.placement_strategy)
+                                          strategy=cluster.placement_strategy(cfg.cluster, accelerator))
 
     return tune.with_resources(run_trial, resources)

@@ -1,0 +1,52 @@
+"""GPU workers' scheduling on CPU machines: Ray grants the GPU resources nodes declare, and the workers run JAX
+on the CPU under snndist's test switch (``cluster.ACCELERATORS_ON_CPU``)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+TWO_NODES_OF_TWO_GPUS = """
+import json, os
+os.environ["SNNDIST_TEST_ACCELERATORS_ON_CPU"] = "1"
+import numpy as np, ray
+from ray.cluster_utils import Cluster
+from snndist.config import load_config
+from snndist.dist.coordinator import RayRunner
+
+nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 4})  # room for both workers
+nodes.add_node(num_cpus=1, num_gpus=2)
+ray.init(address=nodes.address, logging_level="ERROR")
+cfg = load_config("configs/tutorial.yaml", ["train.workers=2", "cluster.devices_per_worker=2", "train.grad_sync=xla",
+                                            "train.global_batch=32", "data.num_samples=64"])
+runner = RayRunner(cfg, "two-gpu-nodes", say=lambda line: None)
+try:
+    loss = float(runner.step(np.arange(32))["train/loss"])
+    r = runner.reservation
+    print("RESULT", json.dumps({"strategy": r.strategy, "accelerator": r.accelerator, "bundle": r.bundle,
+                                "infos": runner.infos, "loss": loss}))
+finally:
+    runner.close()
+    ray.shutdown()
+    nodes.shutdown()
+"""
+
+
+def test_gpu_workers_go_one_a_node_with_the_gpus_ray_gave_them():
+    """A head of 4 GPUs and a node of 2: two workers of 2 GPUs go one a node (STRICT_SPREAD by default)."""
+    done = subprocess.run([sys.executable, "-c", TWO_NODES_OF_TWO_GPUS], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(lines[0].removeprefix("RESULT "))
+    assert (result["accelerator"], result["strategy"]) == ("gpu", "STRICT_SPREAD")  # the default for GPUs
+    assert result["bundle"] == {"CPU": 1, "GPU": 2}
+    infos = result["infos"]
+    assert len({i["node"] for i in infos}) == 2  # one worker a node, though the head could hold both
+    for info in infos:
+        assert len(info["gpu_ids"]) == 2
+        assert info["cuda_visible_devices"] == ",".join(str(g) for g in info["gpu_ids"])  # set by Ray
+        assert info["local_device_ids"] == [0, 1]  # what jax.distributed.initialize was given
+        assert info["mesh"] == 4 and info["local_devices"] == 2  # the group formed: 2 workers x 2 devices
+    assert result["loss"] > 0
