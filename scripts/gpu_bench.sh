@@ -4,7 +4,8 @@
 #     each in f32, tf32 and bf16: ms/step, samples/s, compile time, peak memory, and the achieved
 #     matmul FLOP/s of the step against the matmul peak measured here (f32 and bf16);
 #   - 1 vs 2 replicas on one GPU (two processes, each held to 45% of its memory);
-#   - loss and gradients on the GPU against the CPU (scripts/gpu_parity.py).
+#   - loss and gradients on the GPU against the CPU (scripts/gpu_parity.py);
+#   - Ray workers on the GPUs against one CPU process, every topology that fits (scripts/gpu_topology.py).
 # Run from a checkout with snndist and the cuda extra installed:
 #   pip install -e ".[cuda]" && bash scripts/gpu_bench.sh
 # It prints markdown tables, to paste into BENCHMARKS.md, and keeps the raw JSON in $OUT. A run that
@@ -75,3 +76,5 @@ PY
 
 echo
 "$PYTHON" scripts/gpu_parity.py || echo "gpu_parity: exit $?" >&2
+echo
+"$PYTHON" scripts/gpu_topology.py || echo "gpu_topology: exit $?" >&2
