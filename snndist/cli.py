@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a field of the base config (repeatable)")
     sweep.add_argument("--run-dir", metavar="DIR", help="the sweep directory (default: runs/<sweep file>-<time>)")
     sweep.add_argument("--address", metavar="ADDR", help="Ray cluster to join, as for train (default: "
-                                                         "RAY_ADDRESS, else a local instance)")
+                                                         "RAY_ADDRESS, else a local instance; with --resume: "
+                                                         "where the sweep ran)")
     sweep.add_argument("--resume", metavar="SWEEP_DIR",
                        help="continue a stopped sweep: ended trials stay, unfinished ones resume from their "
                             "newest checkpoints")
@@ -184,18 +185,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from snndist.sweep import launch
 
-    given = [name for name in ("config", "space", "set", "run_dir", "address") if getattr(args, name)]
+    given = [name for name in ("config", "space", "set", "run_dir") if getattr(args, name)]
     if args.resume or args.status:
         if args.resume and args.status:
             raise ConfigError("--resume and --status: one or the other")
         if given:
             raise ConfigError(f"--{given[0].replace('_', '-')}: a sweep's own files say it; drop it with "
                               f"--resume/--status")
+        if args.status and args.address:
+            raise ConfigError("--address: --status reads the sweep directory, it joins no cluster")
         if args.status:
             launch.status(Path(args.status))
             return 0
         os.environ["JAX_PLATFORMS"] = "cpu"  # as for train: the driver holds no device memory
-        return launch.resume(Path(args.resume))
+        return launch.resume(Path(args.resume), args.address)
     if not args.config or not args.space:
         raise ConfigError("--config FILE and --space FILE are required (or --resume/--status SWEEP_DIR)")
     from snndist.config import load_config

@@ -52,6 +52,7 @@ WandbMode = Literal["online", "offline", "disabled"]
 WandbOnError = Literal["offline", "disable", "fail"]
 Accelerator = Literal["auto", "cpu", "gpu", "tpu"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_SPREAD"]
+TPU_CHIPS_PER_WORKER = (1, 2, 4, 8)  # what Ray grants a process of a TPU host
 
 
 def resumable(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
@@ -244,6 +245,10 @@ class ClusterConfig:
     cpus_per_worker: int = 1
     pin_cpus: bool = False  # CPU workers: confine each to cpus_per_worker cores (XLA uses every core it sees)
     devices_per_worker: int = 1  # GPUs or TPU chips; on CPU, host devices XLA exposes per worker
+    # TPU workers: the slice to reserve whole, as Ray names its type (v4-16, v5p-32, v6e-16, ...): one worker a
+    # host with all its chips (train.workers = the slice's hosts, devices_per_worker = chips per host), rank i on
+    # TPU worker i. null: TPU chips wherever Ray has them (a single-host slice).
+    tpu_pod_type: Optional[str] = None
     # null: STRICT_SPREAD when the workers get GPUs (one worker a node, holding cluster.devices_per_worker of
     # its GPUs: NCCL is slow or hangs between processes that each see one GPU of a node), else PACK
     placement_strategy: Optional[PlacementStrategy] = None
@@ -560,6 +565,10 @@ def _validate(cfg: Config) -> None:
     c = cfg.cluster
     _check(c.cpus_per_worker > 0, "cluster.cpus_per_worker", c.cpus_per_worker, "must be > 0")
     _check(c.devices_per_worker > 0, "cluster.devices_per_worker", c.devices_per_worker, "must be > 0")
+    _check(c.accelerator != "tpu" or c.devices_per_worker in TPU_CHIPS_PER_WORKER, "cluster.devices_per_worker",
+           c.devices_per_worker, "a TPU worker takes 1, 2, 4 or 8 chips of its host (what Ray grants)")
+    _check(c.tpu_pod_type is None or re.fullmatch(r"v\d+[a-z]*-\d+", c.tpu_pod_type), "cluster.tpu_pod_type",
+           c.tpu_pod_type, "must be a TPU type as Ray names it, e.g. v4-16 or v6e-8")
     _check(c.resource_timeout_s is None or c.resource_timeout_s > 0, "cluster.resource_timeout_s",
            c.resource_timeout_s, "must be > 0 (or null: no limit on a cluster)")
     _check(c.coordinator_port is None or 0 < c.coordinator_port < 65536, "cluster.coordinator_port",

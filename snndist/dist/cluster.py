@@ -12,7 +12,7 @@ import ray
 from ray.autoscaler.sdk import request_resources
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
-from snndist.config import ClusterConfig, TrainConfig
+from snndist.config import TPU_CHIPS_PER_WORKER, ClusterConfig, TrainConfig
 from snndist.dist import reaper
 from snndist.errors import ClusterError, one_line
 
@@ -75,6 +75,8 @@ class Reservation(NamedTuple):
     workers: int  # bundles in the group: train.workers, or fewer after losing nodes
     strategy: str  # cluster.placement_strategy with null resolved
     owned: bool = True  # False: the group this process runs in (a sweep trial's), its owner's to remove
+    order: tuple = ()  # rank -> bundle index (a TPU slice's: TPU worker order); empty: rank i on bundle i
+    head: object = None  # a TPU slice's: the group on its worker-0 host, held so that no other run takes it
 
 
 def resource_wait_s(cluster: ClusterConfig, local: bool) -> float | None:
@@ -96,6 +98,11 @@ def reserve(train: TrainConfig, cluster: ClusterConfig, local: bool, say: Callab
     """
     have = ray.cluster_resources()
     accelerator, bundle = worker_bundle(cluster, have)
+    if accelerator == "tpu" and cluster.devices_per_worker not in TPU_CHIPS_PER_WORKER:
+        raise ClusterError(f"cluster.devices_per_worker={cluster.devices_per_worker}: a TPU worker takes 1, 2, 4 or "
+                           "8 chips of its host (what Ray grants)")
+    if accelerator == "tpu" and cluster.tpu_pod_type:
+        return reserve_slice(train, cluster, bundle, local, say)
     autoscaler = not local and has_autoscaler()
     if not autoscaler:
         refuse_unfittable(train.workers, bundle, have)
@@ -106,6 +113,65 @@ def reserve(train: TrainConfig, cluster: ClusterConfig, local: bool, say: Callab
         raise ClusterError(f"{train.workers} workers x {bundle_text(bundle)} ({strategy}) could "
                            f"not be placed within cluster.resource_timeout_s={wait_s:g} s")
     return Reservation(group, accelerator, bundle, train.workers, strategy)
+
+
+SLICE_NAME_LABEL, WORKER_ID_LABEL = "ray.io/tpu-slice-name", "ray.io/tpu-worker-id"  # Ray's TPU node labels
+
+
+def reserve_slice(train: TrainConfig, cluster: ClusterConfig, bundle: dict, local: bool,
+                  say: Callable[[str], None]) -> Reservation:
+    """A whole TPU slice of type ``cluster.tpu_pod_type``, as Ray Train reserves one: first its worker-0 host
+    (the only one with the ``TPU-<type>-head`` resource), then a bundle on each host of that slice (the
+    slice's name is a resource of each), one worker a host, ranks in TPU worker order."""
+    pod = cluster.tpu_pod_type
+    head_resource = f"TPU-{pod}-head"
+    autoscaler = not local and has_autoscaler()
+    if not autoscaler and not ray.cluster_resources().get(head_resource):
+        raise ClusterError(f"cluster.tpu_pod_type={pod}: the cluster has no TPU {pod} slice (no node has the "
+                           f"{head_resource} resource) and no autoscaler to add one")
+    wait_s = resource_wait_s(cluster, local)
+    head = _placed(1, {head_resource: 1}, "PACK", wait_s, autoscaler, say)
+    if head is None:
+        raise ClusterError(f"no TPU {pod} slice came free within cluster.resource_timeout_s={wait_s:g} s")
+    try:
+        nodes = _alive_nodes()
+        first = nodes[_bundle_nodes(head)[0]]
+        name = first.get("Labels", {}).get(SLICE_NAME_LABEL)
+        if not name:
+            raise ClusterError(f"node {first['NodeID'][:12]} has the {head_resource} resource but no "
+                               f"{SLICE_NAME_LABEL} label: Ray did not see it as a TPU host")
+        hosts = [n for n in nodes.values() if n["Resources"].get(name)]
+        chips = first["Resources"].get("TPU", 0)
+        if (train.workers, cluster.devices_per_worker) != (len(hosts), chips):
+            raise ClusterError(f"the TPU {pod} slice {name} is {len(hosts)} host(s) of {chips:g} chips: set "
+                               f"train.workers={len(hosts)} and cluster.devices_per_worker={chips:g} (one worker a "
+                               "host, with all its chips)")
+        on_slice = {**bundle, name: 1}
+        group = _placed(train.workers, on_slice, "STRICT_SPREAD", wait_s, autoscaler, say)
+        if group is None:
+            raise ClusterError(f"the hosts of TPU slice {name} did not come free within "
+                               f"cluster.resource_timeout_s={wait_s:g} s")
+    except BaseException:
+        remove_placement_group(head)
+        raise
+    return Reservation(group, "tpu", on_slice, train.workers, "STRICT_SPREAD", order=tpu_rank_order(group),
+                       head=head)
+
+
+def tpu_rank_order(group) -> tuple[int, ...]:
+    """The group's bundle indices by the TPU worker id of their hosts: rank i on TPU worker i, so that JAX's
+    process ids are the slice's own."""
+    nodes, placed = _alive_nodes(), _bundle_nodes(group)
+    return tuple(sorted(placed, key=lambda b: int(nodes[placed[b]].get("Labels", {}).get(WORKER_ID_LABEL, b))))
+
+
+def _alive_nodes() -> dict[str, dict]:
+    return {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+
+
+def _bundle_nodes(group) -> dict[int, str]:
+    """{bundle index: node id} of a placed group."""
+    return {int(b): node for b, node in placement_group_table(group)["bundles_to_node_id"].items()}
 
 
 def given_group(train: TrainConfig, cluster: ClusterConfig) -> Reservation | None:
@@ -256,6 +322,8 @@ def launches_nodes(status: dict) -> bool:
 def release(reservation: Reservation) -> None:
     if reservation.owned:
         remove_placement_group(reservation.group)
+    if reservation.head is not None:
+        remove_placement_group(reservation.head)
 
 
 GPU_DETERMINISTIC_OPS = "--xla_gpu_deterministic_ops=true"  # train.deterministic_ops on GPU workers

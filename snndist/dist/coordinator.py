@@ -100,7 +100,8 @@ class RayRunner:
         for rank in range(size):
             options = dict(
                 name=f"snndist-{run_name}-rank{rank}", num_cpus=c.cpus_per_worker, max_restarts=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(reservation.group, rank),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    reservation.group, reservation.order[rank] if reservation.order else rank),
                 runtime_env={"env_vars": cluster.worker_env(
                     accelerator, c.devices_per_worker, c.env, self.cfg.train.deterministic_ops,
                     jax_on_cpu=os.environ.get(cluster.ACCELERATORS_ON_CPU) == "1")})
@@ -174,6 +175,9 @@ class RayRunner:
         self._stop_workers()
         if not like.owned:  # a sweep trial's group: the same bundles, free again
             self._start(like)
+            return
+        if like.head is not None:  # a TPU slice: the whole slice again, in TPU worker order
+            self._start(self._waited(cluster.reserve, t, self.cfg.cluster))
             return
         fewest = t.workers if t.min_workers is None else t.min_workers
         reservation = self._waited(cluster.reserve_elastic, like, t, self.cfg.cluster, fewest)

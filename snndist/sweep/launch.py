@@ -1,6 +1,7 @@
 """A sweep from the command line: start or resume it on Ray, then report what it found."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -21,9 +22,12 @@ def sweep(base: Config, sweep_file: str, sweep_dir: str, say: Callable[[str], No
     return _run(spec, base, sweep_dir, resume=False, say=say)
 
 
-def resume(sweep_dir: Path, say: Callable[[str], None] = print) -> int:
-    """Continue a stopped sweep: finished trials stay, unfinished ones resume from their checkpoints."""
+def resume(sweep_dir: Path, address: str | None = None, say: Callable[[str], None] = print) -> int:
+    """Continue a stopped sweep: finished trials stay, unfinished ones resume from their checkpoints; on the
+    Ray cluster at ``address`` (a restarted head's, say), else where it ran."""
     spec, base = open_sweep(sweep_dir)
+    if address:
+        base = dataclasses.replace(base, cluster=dataclasses.replace(base.cluster, address=address))
     return _run(spec, base, sweep_dir, resume=True, say=say)
 
 
@@ -47,7 +51,7 @@ def _run(spec: Sweep, base: Config, sweep_dir: Path, *, resume: bool, say) -> in
             ray.shutdown()
     rows = report(spec, base, sweep_dir, say)
     samples = results.read_state(sweep_dir)[1]
-    unfinished = [r for r in rows if r.status in ("pending", "running", "paused")]
+    unfinished = [r for r in rows if r.status in ("pending", "running")]
     if unfinished or len(rows) < samples:
         raise Preempted(f"the sweep stopped with {len(unfinished)} trial(s) unfinished and {samples - len(rows)} "
                         f"not started; continue with snndist sweep --resume {sweep_dir}")

@@ -23,6 +23,7 @@ from snndist.sweep.space import Sweep
 from snndist.sweep.sweep_dir import sweep_name, trial_config, trial_dir
 from snndist.sweep.trial import CLOSE_TIMEOUT_S, trainable
 
+
 def run(sweep: Sweep, base: Config, sweep_dir: Path, *, resume: bool, say: Callable[[str], None] = print):
     """Run (or continue) the sweep on the connected Ray cluster until every trial has ended or the sweep is
     stopped (SIGINT, SIGTERM); the trials' state is then in ``trials.json``."""
