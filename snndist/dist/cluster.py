@@ -205,7 +205,12 @@ def reserve_elastic(like: Reservation, train: TrainConfig, cluster: ClusterConfi
                     say: Callable[[str], None]) -> Reservation:
     """After losing workers: bundles ``like`` the earlier ones for all ``train.workers`` once their resources
     are back; an elastic run (``fewest`` < ``train.workers``) waits for them at most ``cluster.resource_timeout_s``
-    (unset: ELASTIC_WAIT_S), then takes as many as can be placed now, down to ``fewest``."""
+    (unset: ELASTIC_WAIT_S), then takes as many as can be placed now, down to ``fewest``. A sweep trial's
+    group (Tune holds it) is used again as it is; a TPU slice is reserved whole again, in TPU worker order."""
+    if not like.owned:
+        return like
+    if like.head is not None:
+        return reserve(train, cluster, local, say)
     accelerator, bundle, strategy = like.accelerator, like.bundle, like.strategy
     wait_s = resource_wait_s(cluster, local)
     if fewest < train.workers and wait_s is None:

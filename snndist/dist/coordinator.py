@@ -173,12 +173,6 @@ class RayRunner:
         takes as many as can be placed, down to ``train.min_workers``, and ``grow`` takes them back later."""
         t, like = self.cfg.train, self.reservation
         self._stop_workers()
-        if not like.owned:  # a sweep trial's group: the same bundles, free again
-            self._start(like)
-            return
-        if like.head is not None:  # a TPU slice: the whole slice again, in TPU worker order
-            self._start(self._waited(cluster.reserve, t, self.cfg.cluster))
-            return
         fewest = t.workers if t.min_workers is None else t.min_workers
         reservation = self._waited(cluster.reserve_elastic, like, t, self.cfg.cluster, fewest)
         if reservation.workers < t.workers:

@@ -49,8 +49,7 @@ def _run(spec: Sweep, base: Config, sweep_dir: Path, *, resume: bool, say) -> in
             import ray
 
             ray.shutdown()
-    rows = report(spec, base, sweep_dir, say)
-    samples = results.read_state(sweep_dir)[1]
+    rows, samples = report(spec, base, sweep_dir, say)
     unfinished = [r for r in rows if r.status in ("pending", "running")]
     if unfinished or len(rows) < samples:
         raise Preempted(f"the sweep stopped with {len(unfinished)} trial(s) unfinished and {samples - len(rows)} "
@@ -60,11 +59,12 @@ def _run(spec: Sweep, base: Config, sweep_dir: Path, *, resume: bool, say) -> in
     return 0
 
 
-def report(spec: Sweep, base: Config, sweep_dir: Path, say) -> list[results.TrialRow]:
+def report(spec: Sweep, base: Config, sweep_dir: Path, say) -> tuple[list[results.TrialRow], int]:
+    """Print the table, write best.yaml and the picture; the trials so far and how many the sweep has."""
     rows, samples = results.read_state(sweep_dir)
     if not rows:
         say(f"{sweep_dir}: no trial has started yet")
-        return rows
+        return rows, samples
     say(results.table(rows, spec, samples))
     best = results.best(rows, spec.mode)
     if best is None:
@@ -76,4 +76,4 @@ def report(spec: Sweep, base: Config, sweep_dir: Path, say) -> list[results.Tria
     picture = results.plot(sweep_dir, rows, spec)
     if picture:
         say(f"wrote {picture}")
-    return rows
+    return rows, samples

@@ -47,7 +47,8 @@ def read_state(sweep_dir: Path) -> tuple[list[TrialRow], int]:
 
 
 def _plain(value):
-    return float(value) if isinstance(value, (int, float)) else str(value)
+    """What JSON lacks a form for: NumPy scalars (Tune's results may hold them) as numbers, else text."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable
 
 # Imported where Ray unpickles the trial function, on the trial process's main thread: the trial itself
 # runs on a thread of Tune's, and importing W&B off the main thread can race CPython 3.11's AST
@@ -30,14 +29,14 @@ class TuneReport:
 
     takes_images = False
 
-    def __init__(self, metric: str, last_step: int, report: Callable[[dict], None] = tune.report):
-        self.metric, self.last_step, self._report = metric, last_step, report
+    def __init__(self, metric: str, last_step: int):
+        self.metric, self.last_step = metric, last_step
         self.latest: dict[str, float] = {}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.latest.update(metrics)
         if self.metric in metrics and step < self.last_step:
-            self._report({**self.latest, "step": step})
+            tune.report({**self.latest, "step": step})
 
     def log_images(self, images, step: int) -> None:
         pass
@@ -49,7 +48,7 @@ class TuneReport:
         pass
 
     def final(self, summary: dict[str, float]) -> None:
-        self._report({**self.latest, **summary, "step": int(summary["step"])})
+        tune.report({**self.latest, **summary, "step": int(summary["step"])})
 
 
 _CLOSED = threading.Event()  # in a trial's process (one trial a process): its run has closed

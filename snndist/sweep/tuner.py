@@ -80,6 +80,7 @@ class Progress(tune.Callback):
         self.sweep, self.sweep_dir = sweep, sweep_dir
         grids = [len(args) for kind, args in sweep.space.values() if kind == "grid"]
         self.samples = sweep.num_samples * math.prod(grids)  # Tune repeats the whole grid num_samples times
+        self.steps: dict[str, int] = {}  # each trial's train.steps, read once
 
     def on_trial_start(self, iteration, trials, trial, **info):
         print(f"trial {trial.trial_id} started: {_params(trial.config)}", flush=True)
@@ -112,12 +113,14 @@ class Progress(tune.Callback):
 
     def _row(self, trial, tune_status: str) -> TrialRow:
         result = trial.last_result or {}
-        cfg = trial_config(self.sweep_dir, self.sweep.sets, trial.config, "", trial.trial_id)
-        step = result.get("step")
+        if trial.trial_id not in self.steps:
+            cfg = trial_config(self.sweep_dir, self.sweep.sets, trial.config, "", trial.trial_id)
+            self.steps[trial.trial_id] = cfg.train.steps
+        steps, step = self.steps[trial.trial_id], result.get("step")
         status = {"TERMINATED": "done", "ERROR": "error", "RUNNING": "running"}.get(tune_status, "pending")
-        if status == "done" and (step is None or step < cfg.train.steps):
+        if status == "done" and (step is None or step < steps):
             status = "stopped early"
-        return TrialRow(trial.trial_id, status, dict(trial.config), step, cfg.train.steps,
+        return TrialRow(trial.trial_id, status, dict(trial.config), step, steps,
                         result.get(self.sweep.metric), _reason(trial.get_error()) if status == "error" else None,
                         str(trial_dir(self.sweep_dir, trial.trial_id)),
                         {k: v for k, v in result.items() if k.startswith(("train/", "eval/"))})
