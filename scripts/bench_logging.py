@@ -43,9 +43,9 @@ class _Clocked:
     def __getattr__(self, name):
         return getattr(self.runner, name)
 
-    def step(self, indices, upcoming=None):
+    def steps(self, batches, upcoming=None, expected_s=0.0):
         self.first = self.first or time.perf_counter()
-        metrics = self.runner.step(indices, upcoming)
+        metrics = self.runner.steps(batches, upcoming, expected_s)
         self.last = time.perf_counter()
         return metrics
 

@@ -65,7 +65,6 @@ CONFIGS = {"tutorial": ROOT / "configs/tutorial.yaml", "shd": ROOT / "configs/be
 OVERRIDES = ("train.lr=0.003", "train.b1=0.9", "train.b2=0.999", "train.global_batch=256")
 PARAM_SEED, DATA_SEED = 1, 0
 WARMUP = 2  # untimed steps after the first; their losses check that the libraries train alike
-MARK_BEGIN, MARK_END = "<!-- bench_peers -->", "<!-- /bench_peers -->"
 # Library -> the pip packages its benchmark needs, for the note when one is missing.
 PEER_PACKAGES = {"brainstate": "brainstate brainpy braintools brainunit", "spyx": "spyx flax optax",
                  "snntorch": "snntorch torch (its CPU wheel)"}
@@ -580,13 +579,15 @@ def cpu_model() -> str:
     return found.group(1).strip() if found else platform.machine()
 
 
-def write_section(path: Path, body: str) -> None:
-    """Put ``body`` between the markers in ``path``: replacing the marked section there, else appending it."""
-    section = f"{MARK_BEGIN}\n{body}\n{MARK_END}"
+def write_section(path: Path, body: str, name: str = "bench_peers") -> None:
+    """Put ``body`` between the markers ``<!-- name -->`` and ``<!-- /name -->`` in ``path``: replacing the
+    marked section there, else appending it."""
+    begin, end_mark = f"<!-- {name} -->", f"<!-- /{name} -->"
+    section = f"{begin}\n{body}\n{end_mark}"
     text = path.read_text() if path.exists() else ""
-    start, end = text.find(MARK_BEGIN), text.find(MARK_END)
+    start, end = text.find(begin), text.find(end_mark)
     if start >= 0 and end > start:
-        text = text[:start] + section + text[end + len(MARK_END):]
+        text = text[:start] + section + text[end + len(end_mark):]
     else:
         text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section + "\n"
     path.write_text(text)

@@ -178,6 +178,9 @@ class TrainConfig:
     debug_nan_steps: tuple[int, ...] = resumable(())  # fault injection for tests: these steps' gradients become NaN
     step_timeout_s: float = resumable(600.0)  # a step (the first one compiles) that takes longer is a lost worker
     drift_check_every: int = resumable(100)  # coordinator sync: compare replicas' parameters every N steps
+    # Steps per call to the workers (or the local device), up to the next log, eval or checkpoint step:
+    # fewer host round trips, but a stop signal waits for the call. 0: about 1 s of work per call.
+    steps_per_call: int = resumable(0)
     eval_every: int = resumable(0)  # steps; 0: only at the end
     eval_split: Split = resumable("train")
     eval_batch: int = resumable(256)
@@ -574,5 +577,6 @@ def _validate(cfg: Config) -> None:
     _check(c.coordinator_port is None or 0 < c.coordinator_port < 65536, "cluster.coordinator_port",
            c.coordinator_port, "must be a port number, 1 to 65535 (or null: a free one)")
     _check(t.step_timeout_s > 0, "train.step_timeout_s", t.step_timeout_s, "must be > 0")
+    _check(t.steps_per_call >= 0, "train.steps_per_call", t.steps_per_call, "must be >= 0 (0: about 1 s of work)")
     _check(t.drift_check_every > 0, "train.drift_check_every", t.drift_check_every, "must be > 0")
 

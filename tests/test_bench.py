@@ -1,5 +1,6 @@
 """``snndist bench`` and the FLOP floor it reports."""
 import json
+import os
 import subprocess
 import sys
 
@@ -47,3 +48,17 @@ def test_bench_refuses_bad_input_in_one_line():
     done = subprocess.run([*CLI, "--config", "configs/tutorial.yaml", "--set", "train.global_batch=0"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "train.global_batch" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_a_second_process_loads_the_compiled_step_from_the_cache(tmp_path):
+    cache = tmp_path / "jax-cache"  # snndist's default: under $SNNDIST_LOCAL_DIR
+    env = {**os.environ, "SNNDIST_LOCAL_DIR": str(tmp_path)}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    command = [*CLI, "--config", "configs/tutorial.yaml", "--set", "data.timesteps=20", "--steps", "1", "--json"]
+    entries = []
+    for _ in range(2):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        entries.append(sorted(p.name for p in cache.glob("jit_train_step-*")))
+    assert entries[0], "the first process writes its train step"
+    assert entries[1] == entries[0], "the second finds it under the same keys, so it compiles nothing new"

@@ -192,26 +192,27 @@ def test_only_nans_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
 
 
 class _KillingRunner:
-    """Passes steps through to a RayRunner; SIGKILLs a worker process before some of them."""
+    """Passes calls through to a RayRunner; SIGKILLs a worker process before some of them."""
 
     def __init__(self, runner, kill_before: dict[int, int]):
-        self.runner, self.kill_before, self.steps = runner, dict(kill_before), 0
+        self.runner, self.kill_before, self.calls = runner, dict(kill_before), 0
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
 
-    def step(self, indices, upcoming=None):
-        self.steps += 1
-        rank = self.kill_before.pop(self.steps, None)
+    def steps(self, batches, upcoming=None, expected_s=0.0):
+        self.calls += 1
+        rank = self.kill_before.pop(self.calls, None)
         if rank is not None:
             import os
             os.kill(self.runner.worker_pids()[rank], signal.SIGKILL)
-        return self.runner.step(indices, upcoming)
+        return self.runner.steps(batches, upcoming, expected_s)
 
 
 def _ray_fit(run_dir, sync, kill_before=None):
     cfg = load_config("configs/tutorial.yaml", [*SHORT, "train.steps=24", "checkpoint.every_steps=5",
-                                                "train.workers=2", f"train.grad_sync={sync}"])
+                                                "train.workers=2", f"train.grad_sync={sync}",
+                                                "train.steps_per_call=1"])  # calls are steps
     lines = []
     runner = RayRunner(cfg, Path(run_dir).name, say=lines.append)
     driven = _KillingRunner(runner, kill_before) if kill_before else runner

@@ -37,17 +37,17 @@ def _leaves(tree):
 
 
 def _run(runner, cfg):
-    """First-step gradient, parameters after step 1, loss at step 20."""
-    first = batch_indices(0, cfg.train.global_batch, runner.num_samples, cfg.train.seed)
-    grads = runner.gradient(first)
-    losses = []
-    for step in range(STEPS):
-        metrics = runner.step(batch_indices(step, cfg.train.global_batch, runner.num_samples, cfg.train.seed))
-        losses.append(float(np.asarray(metrics["train/loss"])))
-        assert float(np.asarray(metrics["spikes/rate_hz/hidden0"])) > 1.0, "the check needs spikes"
-        if step == 0:
-            params = runner.params()
-    return grads, params, losses
+    """First-step gradient, parameters after step 1, losses of steps 1-20 (after the first, in calls of
+    several steps)."""
+    batches = [batch_indices(step, cfg.train.global_batch, runner.num_samples, cfg.train.seed)
+               for step in range(STEPS)]
+    grads = runner.gradient(batches[0])
+    metrics = [runner.step(batches[0], upcoming=batches[1])]
+    params = runner.params()
+    metrics += runner.steps(batches[1:8], upcoming=batches[8]) + runner.steps(batches[8:])
+    assert len(metrics) == STEPS
+    assert all(float(np.asarray(m["spikes/rate_hz/hidden0"])) > 1.0 for m in metrics), "the check needs spikes"
+    return grads, params, [float(np.asarray(m["train/loss"])) for m in metrics]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,10 @@ import pytest
 
 from snndist.config import dump_yaml, load_config
 from snndist.data.order import plan_shards
+from snndist.run.loop import fit
+from snndist.store.checkpoint import Checkpointer
+from snndist.track.tracker import JsonlTracker
+from snndist.train.local import LocalRunner
 from snndist.train.optim import lr_schedule
 from snndist.train.replica import Replica
 from snndist.train.step import Layout
@@ -53,6 +57,44 @@ def test_an_existing_run_dir_is_never_overwritten(tmp_path):
     result = _cli("train", "--config", "configs/tutorial.yaml", "--local", "--run-dir", str(run))
     assert result.returncode == 2 and "already holds a run" in result.stderr
     assert (run / "config.yaml").read_text() == "precious: true\n"
+
+
+class _CallSizes:
+    """A runner that records how many steps each call asked for."""
+
+    def __init__(self, runner):
+        self.runner, self.sizes = runner, []
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def steps(self, batches, upcoming=None, expected_s=0.0):
+        self.sizes.append(len(batches))
+        return self.runner.steps(batches, upcoming, expected_s)
+
+
+def test_several_steps_a_call_train_as_one_step_a_call(tmp_path):
+    runs = {}
+    for per_call in (1, 7):
+        cfg = load_config("configs/tutorial.yaml", [
+            "data.num_samples=64", "train.global_batch=32", "train.steps=30", "logging.log_every=10",
+            "checkpoint.every_steps=15", "train.eval_every=0", f"train.steps_per_call={per_call}"])
+        run = tmp_path / str(per_call)
+        run.mkdir()
+        runner = _CallSizes(LocalRunner(cfg))
+        checkpointer, tracker = Checkpointer(run, cfg.checkpoint), JsonlTracker(run)
+        try:
+            fit(cfg, runner, tracker, checkpointer, say=lambda _: None)
+        finally:
+            tracker.finish()
+            checkpointer.close()
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        logged = [{k: v for k, v in r.items() if not k.startswith(("perf/", "ckpt/"))} for r in rows]  # not timings
+        runs[per_call] = runner.sizes, runner.params(), logged
+    assert runs[1][0] == [1] * 30
+    assert runs[7][0] == [7, 3, 5, 5, 7, 3], "calls end at log (10, 20, 30) and checkpoint (15) steps"
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[1][1]), jax.tree.leaves(runs[7][1])))
+    assert runs[1][2] == runs[7][2] and [r["step"] for r in runs[7][2] if "train/loss" in r] == [10, 20, 30]
 
 
 def _replica(*overrides, batch=32, devices=1):

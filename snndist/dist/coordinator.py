@@ -112,20 +112,25 @@ class RayRunner:
             self.workers.append(actor.options(**options).remote(self.cfg.to_dict(), rank, size, accelerator))
 
     # ------------------------------------------------------------------ runner interface
+    def steps(self, batches: list[np.ndarray], upcoming: np.ndarray | None = None,
+              expected_s: float = 0.0) -> list[Metrics]:
+        plan = lambda indices: plan_shards(indices, len(self.workers), self.local_devices)
+        shards = [plan(b) for b in batches]  # [step][rank]
+        following = [None] * len(self.workers) if upcoming is None else plan(upcoming)
+        if self.cfg.train.grad_sync == "coordinator" and len(self.workers) > 1:  # a host mean between steps
+            return [self._coordinated_step(s, f) for s, f in zip(shards, [*shards[1:], following])]
+        # One call per worker for all the steps; with XLA sync the collectives are in the jitted step.
+        results = self._gather([w.train_steps.remote([s[rank] for s in shards], following[rank])
+                                for rank, w in enumerate(self.workers)],
+                               timeout=self.cfg.train.step_timeout_s + 2 * expected_s)
+        self.steps_done += len(batches)
+        # The step's metrics are the collective's, the same on every worker; what each read is its own.
+        return [{**per_step[0], "count/dropped_events": sum(m["count/dropped_events"] for m in per_step)}
+                for per_step in zip(*results)]
+
     def step(self, indices: np.ndarray, upcoming: np.ndarray | None = None) -> Metrics:
-        shards = plan_shards(indices, len(self.workers), self.local_devices)
-        following = ([None] * len(shards) if upcoming is None
-                     else plan_shards(upcoming, len(self.workers), self.local_devices))
-        if self.cfg.train.grad_sync == "xla" or len(self.workers) == 1:  # one worker: nothing to average
-            results = self._gather([w.train_step.remote(s, f) for w, s, f in zip(self.workers, shards, following)])
-            # The step's metrics are the collective's, the same on every worker; what each read is its own.
-            metrics = {**results[0], "count/dropped_events": sum(r["count/dropped_events"] for r in results)}
-        else:
-            metrics = self._coordinated_step(shards, following)
-        self.steps_done += 1
-        if self.cfg.train.grad_sync == "coordinator" and self.steps_done % self.cfg.train.drift_check_every == 0:
-            self.check_replicas()
-        return metrics
+        """One step of ``steps``."""
+        return self.steps([indices], upcoming)[0]
 
     def _coordinated_step(self, shards, following) -> Metrics:
         results = self._gather([w.grads.remote(s, f) for w, s, f in zip(self.workers, shards, following)])
@@ -137,6 +142,9 @@ class RayRunner:
         updates = self._gather([w.apply.remote(grads_ref, float(metrics["train/loss"])) for w in self.workers])
         metrics.update(updates[0])
         metrics["perf/grad_sync_s"] = time.perf_counter() - began
+        self.steps_done += 1
+        if self.steps_done % self.cfg.train.drift_check_every == 0:
+            self.check_replicas()
         return metrics
 
     def evaluate(self, split: str) -> Metrics:

@@ -40,8 +40,11 @@ class Worker:
         """Build the replica: over this process's devices, or over every worker's (XLA sync)."""
         import jax
 
+        from snndist.train.compile_cache import use_compile_cache
         from snndist.train.replica import Replica
         from snndist.train.step import Layout
+
+        use_compile_cache()
 
         local_ids = None
         if self.accelerator == "gpu":
@@ -68,10 +71,10 @@ class Worker:
                         local_device_ids=local_ids)
         return info
 
-    def train_step(self, shard: Shard, upcoming: Shard | None = None) -> dict:
+    def train_steps(self, shards: list[Shard], upcoming: Shard | None = None) -> list[dict]:
         from snndist.train.step import to_host
 
-        return to_host(self.replica.train_step(shard, upcoming))
+        return to_host(self.replica.train_steps(shards, upcoming))  # one wait, after the last step
 
     def grads(self, shard: Shard, upcoming: Shard | None = None):
         return self.replica.grads(shard, upcoming)

@@ -24,6 +24,10 @@ from snndist.track.progress import Progress
 from snndist.track.tracker import Pictures, Tracker
 from snndist.train.runner import Runner
 
+# Seconds of training per runner call (train.steps_per_call: 0): the steps between two checks of the stop
+# signal, the drain notice and the lease, run without a host round trip between them.
+CHUNK_S = 1.0
+
 
 class StopSignal:
     """Turns SIGTERM and SIGINT into a flag the loop reads between steps."""
@@ -77,6 +81,7 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
     previous = None  # the last step's metrics, read one step late so the device stays busy
     evaluation = None
     step = pictured = start_step
+    pace, compiling = None, True  # seconds per step of the last call; whether the next one compiles the step
 
     def save(at: int, metrics: dict | None = None) -> None:
         state = runner.get_state()
@@ -96,24 +101,30 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
                 checkpointer.wait()
                 raise Preempted(f"stopped by {reason} at step {step}; checkpoint committed; "
                                 f"continue with --resume")
-            indices = batch_indices(step, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
-            upcoming = (batch_indices(step + 1, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
-                        if step + 1 < t.steps else None)
+            count = min(_to_boundary(cfg, step), t.steps_per_call or (max(1, int(CHUNK_S / pace)) if pace else 1))
+            batches = [batch_indices(s, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
+                       for s in range(step, step + count)]
+            upcoming = (batch_indices(step + count, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
+                        if step + count < t.steps else None)
+            chunk_start = time.perf_counter()
             try:
-                metrics = runner.step(indices, upcoming)
+                results = runner.steps(batches, upcoming, expected_s=count * (pace or 0.0))
             except WorkerLost as err:
                 step = _recover(cfg, runner, checkpointer, err, step, failures, tracker, say)
-                previous = None
+                previous, pace, compiling = None, None, True  # new workers compile again
                 continue
-            if previous is not None:
-                bad_streak = bad_streak + 1 if bool(np.asarray(previous["train/step_skipped"])) else 0
-                if bad_streak >= t.max_bad_steps:
-                    checkpointer.wait()
-                    raise RunFailed(f"{bad_streak} steps in a row had a non-finite loss or gradient "
-                                    f"(train.max_bad_steps={t.max_bad_steps}); stopped at step {step}")
-            previous = metrics
-            step += 1
-            window_steps += 1
+            for metrics in results:
+                if previous is not None:
+                    bad_streak = bad_streak + 1 if bool(np.asarray(previous["train/step_skipped"])) else 0
+                    if bad_streak >= t.max_bad_steps:
+                        checkpointer.wait()
+                        raise RunFailed(f"{bad_streak} steps in a row had a non-finite loss or gradient "
+                                        f"(train.max_bad_steps={t.max_bad_steps}); stopped at step {step}")
+                previous = metrics
+                step += 1
+                window_steps += 1
+            pace = None if compiling else (time.perf_counter() - chunk_start) / count
+            compiling = False
             if step % cfg.logging.log_every == 0 or step == t.steps:
                 last = summarize(metrics)  # reading the metrics waits for the step
                 elapsed = time.perf_counter() - window_start
@@ -153,6 +164,16 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
         f"eval/loss {summary['eval/loss']:.4f}  eval/accuracy {summary['eval/accuracy']:.3f}  "
         f"in {summary['wall_time_s']:.1f} s")
     return summary
+
+
+def _to_boundary(cfg: Config, step: int) -> int:
+    """Steps from ``step`` to the next one where the loop logs, evaluates, checkpoints or ends."""
+    t = cfg.train
+    next_multiple = lambda every: (step // every + 1) * every
+    ends = [t.steps, next_multiple(cfg.logging.log_every), next_multiple(cfg.checkpoint.every_steps)]
+    if t.eval_every:
+        ends.append(next_multiple(t.eval_every))
+    return min(ends) - step
 
 
 def _recover(cfg: Config, runner: Runner, checkpointer: Checkpointer, err: WorkerLost, step: int, failures: list,

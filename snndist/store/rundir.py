@@ -70,8 +70,12 @@ def local_dir_for(run_dir: epath.Path) -> Path:
     itself, or for gs:// a mirror under ``$SNNDIST_LOCAL_DIR`` (default ``~/.cache/snndist``)."""
     if not is_remote(run_dir):
         return Path(run_dir)
-    root = Path(os.environ.get("SNNDIST_LOCAL_DIR", "~/.cache/snndist")).expanduser()
-    return root / str(run_dir).replace("://", "/", 1)
+    return local_root() / str(run_dir).replace("://", "/", 1)
+
+
+def local_root() -> Path:
+    """Where snndist keeps files on this machine: ``$SNNDIST_LOCAL_DIR``, default ``~/.cache/snndist``."""
+    return Path(os.environ.get("SNNDIST_LOCAL_DIR", "~/.cache/snndist")).expanduser()
 
 
 def default_run_dir(config_path: str | None) -> epath.Path:

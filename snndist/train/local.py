@@ -6,6 +6,7 @@ import jax
 from snndist.config import Config
 from snndist.data.order import plan_shards
 from snndist.track.metrics import Metrics
+from snndist.train.compile_cache import use_compile_cache
 from snndist.train.replica import Replica
 from snndist.train.step import Layout
 
@@ -15,16 +16,20 @@ class LocalRunner:
     devices (all: None)."""
 
     def __init__(self, cfg: Config, devices: int | None = None):
+        use_compile_cache()
         self.cfg = cfg
         self.layout = Layout.over(jax.local_devices()[:devices])
         self.replica = Replica(cfg, self.layout)
         self.num_samples = self.replica.num_samples("train")
         self.pending_s = 0.0  # its devices are this process's: nothing to wait for
 
+    def steps(self, batches, upcoming=None, expected_s: float = 0.0) -> list[Metrics]:
+        plan = lambda indices: plan_shards(indices, 1, self.replica.local_devices)[0]
+        return self.replica.train_steps([plan(b) for b in batches], None if upcoming is None else plan(upcoming))
+
     def step(self, indices, upcoming=None) -> Metrics:
-        devices = self.replica.local_devices
-        following = None if upcoming is None else plan_shards(upcoming, 1, devices)[0]
-        return self.replica.train_step(plan_shards(indices, 1, devices)[0], following)
+        """One step of ``steps``."""
+        return self.steps([indices], upcoming)[0]
 
     def evaluate(self, split: str) -> Metrics:
         return self.replica.evaluate(split)[0]

@@ -108,6 +108,11 @@ class Replica:
             self.loader("train").prefetch(upcoming.indices)
         return {**metrics, **self._host_metrics()}
 
+    def train_steps(self, shards: list[Shard], upcoming: Shard | None = None) -> list[Metrics]:
+        """``train_step`` on each shard in turn, dispatched without waiting: each loads the next while the
+        device computes."""
+        return [self.train_step(shard, following) for shard, following in zip(shards, [*shards[1:], upcoming])]
+
     def step_memory_bytes(self, shard: Shard) -> int:
         """Bytes XLA plans for one train step on this shard: arguments, outputs and temporaries."""
         memory = self._train_step.lower(self.state, *self._global_batch(shard, "train")).compile().memory_analysis()

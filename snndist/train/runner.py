@@ -13,10 +13,14 @@ class Runner(Protocol):
     num_samples: int  # in the training split
     pending_s: float  # seconds spent waiting for resources (the workers', at the start and in recoveries)
 
-    def step(self, indices: np.ndarray, upcoming: np.ndarray | None = None) -> Metrics:
-        """One training step on the global batch ``indices``; metrics may stay on the device until read.
+    def steps(self, batches: list[np.ndarray], upcoming: np.ndarray | None = None,
+              expected_s: float = 0.0) -> list[Metrics]:
+        """Training steps on the global batches ``batches``, in turn; each step's metrics, which may stay on
+        the device until read.
 
-        ``upcoming``: the next step's batch, whose samples may be loaded while this step computes.
+        ``upcoming``: the batch after the last, whose samples may be loaded while the steps compute.
+        ``expected_s``: how long the steps should take (0: unknown), which a runner that waits on
+        workers adds to ``train.step_timeout_s``.
         """
 
     def evaluate(self, split: str) -> Metrics:
