@@ -12,6 +12,7 @@ IMPORTS = {
     "jax": "jax", "jaxlib": "jaxlib", "numpy": "numpy", "optax": "optax", "ray": "ray",
     "orbax.checkpoint": "orbax-checkpoint", "wandb": "wandb", "yaml": "pyyaml", "matplotlib": "matplotlib",
     "rich": "rich", "etils": "etils", "gcsfs": "gcsfs", "h5py": "h5py", "sklearn": "scikit-learn",
+    "filelock": "filelock",
 }
 FIXES = ("install snndist on the cluster's nodes (e.g. its Docker image, see cluster/README.md), or submit with "
          "`snndist submit --pip` to have Ray install its dependencies into the job's environment")

@@ -46,7 +46,7 @@ def test_a_python_without_the_dependencies_says_which_in_one_line(bare_python):
     line = result.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
     assert line.startswith(f"snndist: error: the Python running snndist, {bare_python}, cannot import jax "
-                           "(from the jax package) (and 13 more: "), line
+                           "(from the jax package) (and 14 more: "), line
     assert "snndist submit --pip" in line
 
 
@@ -90,7 +90,7 @@ def test_a_job_in_a_python_without_the_dependencies_fails_in_one_line_and_pip_me
     job_id = _submitted(_snndist("submit", "--address", address, *RUN, "--run-dir", str(tmp_path / "bare"),
                                  "--no-wait", env=env))
     reason = (f"snndist: error: the Python running snndist, {bare_python}, cannot import jax (from the jax "
-              "package) (and 13 more: ")
+              "package) (and 14 more: ")
     assert _final_status(address, env, job_id) == "FAILED"
     status = _snndist("status", job_id, "--address", address, env=env)
     lines = status.stdout.splitlines()

@@ -113,6 +113,8 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
                 step = _recover(cfg, runner, checkpointer, err, step, failures, tracker, say)
                 previous, pace, compiling = None, None, True  # new workers compile again
                 continue
+            if lease is not None:  # before anything of this call is written
+                lease.check()
             for metrics in results:
                 if previous is not None:
                     bad_streak = bad_streak + 1 if bool(np.asarray(previous["train/step_skipped"])) else 0
