@@ -115,6 +115,7 @@ BAD = [
      "cluster.env.WANDB_API_KEY='...': the W&B key is never sent to workers"),
     (["cluster.env={JAX_PLATFORMS: cuda}"], "cluster.env.JAX_PLATFORMS='cuda': set by cluster.accelerator"),
     (["train.unroll=0"], "train.unroll=0: must be >= 1"),
+    (["train.steps_per_call=-1"], "train.steps_per_call=-1: must be >= 0 (0: about 1 s of work)"),
 ]
 
 

@@ -123,9 +123,11 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
         else:
             d_w = d_w + product(x_t.astype(dtype).T, di)
             d_x = product(di, w_back) if input_grad else None
-        return (*carry, d_w, d_v), (sum_leading(di), d_x)
+        return (*carry, d_w, d_v), (None if b is None else sum_leading(di), d_x)
 
-    per_step = (g_voltages, g_spikes, voltages, before, previous if in_loop else None, inputs if in_loop else None)
+    # s_{t-1} enters the loop only for dV: a layer without recurrence (the seed's) skips making it.
+    per_step = (g_voltages, g_spikes, voltages, before, previous if in_loop and v_back is not None else None,
+                inputs if in_loop else None)
     (c_i, c_u, c_s, d_w, d_v), outputs = jax.lax.scan(
         step, (g_last.i, g_last.u, g_last.s, zeros(w), zeros(w_rec)), per_step, reverse=True, unroll=lif.unroll)
     if in_loop:

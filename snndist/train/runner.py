@@ -19,8 +19,8 @@ class Runner(Protocol):
         the device until read.
 
         ``upcoming``: the batch after the last, whose samples may be loaded while the steps compute.
-        ``expected_s``: how long the steps should take (0: unknown), which a runner that waits on
-        workers adds to ``train.step_timeout_s``.
+        ``expected_s``: how long the steps should take (0: unknown); a runner that waits on workers
+        gives up after ``train.step_timeout_s`` plus twice this.
         """
 
     def evaluate(self, split: str) -> Metrics:
