@@ -92,7 +92,9 @@ def test_several_steps_a_call_train_as_one_step_a_call(tmp_path):
         logged = [{k: v for k, v in r.items() if not k.startswith(("perf/", "ckpt/"))} for r in rows]  # not timings
         runs[per_call] = runner.sizes, runner.params(), logged
     assert runs[1][0] == [1] * 30
-    assert runs[7][0] == [7, 3, 5, 5, 7, 3], "calls end at log (10, 20, 30) and checkpoint (15) steps"
+    # One step a call until the pace is known, then 7, each call ending at log (10, 20, 30) and checkpoint (15)
+    # steps.
+    assert runs[7][0] == [1, 1, 7, 1, 5, 5, 7, 3]
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[1][1]), jax.tree.leaves(runs[7][1])))
     assert runs[1][2] == runs[7][2] and [r["step"] for r in runs[7][2] if "train/loss" in r] == [10, 20, 30]
 

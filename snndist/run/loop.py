@@ -101,7 +101,9 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
                 checkpointer.wait()
                 raise Preempted(f"stopped by {reason} at step {step}; checkpoint committed; "
                                 f"continue with --resume")
-            count = min(_to_boundary(cfg, step), t.steps_per_call or (max(1, int(CHUNK_S / pace)) if pace else 1))
+            # One step while the pace is unknown (the first call compiles): a call's timeout counts on it.
+            count = min(_to_boundary(cfg, step),
+                        1 if pace is None else t.steps_per_call or max(1, int(CHUNK_S / pace)))
             batches = [batch_indices(s, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
                        for s in range(step, step + count)]
             upcoming = (batch_indices(step + count, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
