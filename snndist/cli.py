@@ -206,9 +206,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     os.environ["JAX_PLATFORMS"] = "cpu"
     base = load_config(args.config, [*args.set, *([f"cluster.address={args.address}"] if args.address else [])])
-    sweep_dir = args.run_dir or str(default_run_dir(args.space))
-    print(f"sweep directory: {sweep_dir}", flush=True)
-    return launch.sweep(base, args.space, sweep_dir)
+    return launch.sweep(base, args.space, args.run_dir or str(default_run_dir(args.space)))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -285,17 +286,27 @@ class Config:
 
 
 # ------------------------------------------------------------------ loading
+def local_root() -> Path:
+    """Where snndist keeps files on this machine: ``$SNNDIST_LOCAL_DIR``, default ``~/.cache/snndist``."""
+    return Path(os.environ.get("SNNDIST_LOCAL_DIR", "~/.cache/snndist")).expanduser()
+
+
+def read_yaml(path: epath.Path | Path, kind: str) -> Any:
+    """The YAML document at ``path`` (empty: {}); ConfigError names the file if it is missing or malformed."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {kind} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({one_line(err)})") from None
+
+
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
     """Read ``path`` (None: all defaults), apply ``--set`` overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = epath.Path(path)  # a run's config.yaml may be at gs://
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({one_line(err)})") from None
+        raw = read_yaml(path, "config file")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: must hold a mapping of sections, got {type(raw).__name__}")
     for item in overrides:

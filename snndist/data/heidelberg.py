@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from snndist.config import local_root
 from snndist.data.binning import Events, check_events
 from snndist.errors import DataError
 
@@ -81,7 +82,7 @@ def unpacked(path: Path) -> Path:
         return path
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = Path(os.environ.get("SNNDIST_LOCAL_DIR", "~/.cache/snndist")).expanduser() / "data"
+    root = local_root() / "data"
     target = root / f"{path.stem}-{key}"
     if target.is_file():
         return target

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from etils import epath
 
+from snndist.config import local_root
 from snndist.errors import ConfigError, one_line
 
 REMOTE_PREFIXES = ("gs://",)
@@ -71,11 +72,6 @@ def local_dir_for(run_dir: epath.Path) -> Path:
     if not is_remote(run_dir):
         return Path(run_dir)
     return local_root() / str(run_dir).replace("://", "/", 1)
-
-
-def local_root() -> Path:
-    """Where snndist keeps files on this machine: ``$SNNDIST_LOCAL_DIR``, default ``~/.cache/snndist``."""
-    return Path(os.environ.get("SNNDIST_LOCAL_DIR", "~/.cache/snndist")).expanduser()
 
 
 def default_run_dir(config_path: str | None) -> epath.Path:

@@ -19,6 +19,7 @@ def sweep(base: Config, sweep_file: str, sweep_dir: str, say: Callable[[str], No
                           "shares (Ray Tune keeps its state there), not gs://")
     sweep_dir = Path(sweep_dir)
     spec = start(base, sweep_file, sweep_dir)
+    say(f"sweep directory: {sweep_dir}")
     return _run(spec, base, sweep_dir, resume=False, say=say)
 
 

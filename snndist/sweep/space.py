@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from snndist.config import Config, apply_override, from_dict
+from snndist.config import Config, apply_override, from_dict, read_yaml
 from snndist.errors import ConfigError
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -51,12 +49,7 @@ class Sweep:
 def read_sweep(path: str | Path, base: Config) -> Sweep:
     """The sweep file at ``path`` over the ``base`` config, validated; ConfigError names the first bad field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = read_yaml(path, "sweep file")
     try:
         return parse_sweep(raw, base)
     except ConfigError as err:

@@ -12,7 +12,7 @@ import os
 
 import jax
 
-from snndist.store.rundir import local_root
+from snndist.config import local_root
 
 # A size limit turns on JAX's LRU eviction, and with it the file lock under which it writes: workers on
 # one node share the cache and must not read each other's half-written entries.
