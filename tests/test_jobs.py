@@ -97,7 +97,7 @@ class Submitted:
 
 @dataclass
 class Queue:
-    first: Submitted  # the tutorial config, 200 steps, submitted with a W&B key in the environment
+    first: Submitted  # the tutorial config, 1000 steps (long enough that the next two find the head full), with a W&B key
     ids: list[str]  # it and two more, submitted right after it: with `snndist submit`, and with Ray's own CLI
     statuses: dict  # each job's final status
     waiting: dict  # job id: `snndist status` asked right after `snndist jobs` showed that job waiting
@@ -109,7 +109,7 @@ def queue(cluster, tmp_path_factory) -> Queue:
     base = tmp_path_factory.mktemp("jobs")
     marker = f"marker-{secrets.token_hex(8)}"
     sets = ["--set", "train.workers=2", "--set", "logging.log_every=50"]
-    result = snndist("submit", "--address", cluster.address, "--config", TUTORIAL, *sets, "--set", "train.steps=200",
+    result = snndist("submit", "--address", cluster.address, "--config", TUTORIAL, *sets, "--set", "train.steps=1000",
                      "--run-dir", str(base / "run0"), env={**cluster.env, "WANDB_API_KEY": marker})
     ids = [_job_id(_ok(result)), _job_id(_ok(snndist(
         "submit", "--address", cluster.address, "--config", TUTORIAL, *sets, "--set", "train.steps=50",
@@ -136,7 +136,7 @@ def queue(cluster, tmp_path_factory) -> Queue:
                 waiting[j] = _status(cluster, j)
         if all(s in TERMINAL for s in statuses.values()):
             break
-        time.sleep(2)
+        time.sleep(0.5)
     first = Submitted(ids[0], base / "run0", result, marker, statuses[ids[0]])
     return Queue(first, ids, statuses, waiting)
 
@@ -153,12 +153,12 @@ def test_submit_trains_and_logs(cluster, tutorial_job):
     out = job.result.stdout.strip().splitlines()
     assert len(out) == 2 and out[0] == f"submitted job {job.job_id}", job.result.stdout
     assert f"snndist logs {job.job_id}" in out[1]
-    assert "step 200/200" in _ok(snndist("logs", job.job_id, "--address", cluster.address, env=cluster.env))
+    assert "step 1000/1000" in _ok(snndist("logs", job.job_id, "--address", cluster.address, env=cluster.env))
     followed = snndist("logs", job.job_id, "--follow", "--address", cluster.address, env=cluster.env,
                        timeout=60)
-    assert "step 200/200" in _ok(followed)
+    assert "step 1000/1000" in _ok(followed)
     summary = json.loads((job.run_dir / "summary.json").read_text())
-    assert summary["step"] == 200
+    assert summary["step"] == 1000
 
 
 def test_submit_keeps_wandb_key_secret(cluster, tutorial_job, monkeypatch):
@@ -193,7 +193,7 @@ def test_jobs_wait_their_turn_on_a_full_cluster(cluster, queue):
         logs = _ok(snndist("logs", j, "--address", cluster.address, env=cluster.env))
         assert "waiting for 2 x {CPU: 1} (PACK), 0 free (0 of 2 CPU)" in logs, logs[-3000:]
         assert re.search(r"^placed 2 x \{CPU: 1\} after \d+ s of waiting$", logs, re.M), logs[-3000:]
-    for i, steps in enumerate((200, 50, 50)):
+    for i, steps in enumerate((1000, 50, 50)):
         assert json.loads((queue.first.run_dir.parent / f"run{i}" / "summary.json").read_text())["step"] == steps
 
 
