@@ -39,7 +39,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from snndist.model.neurons import LIFSpec, LIFState, lif_step
+from snndist.model.neurons import LIFSpec, LIFState, after_reset, integrate, lif_step, spike
 from snndist.model.precision import matmul
 from snndist.model.sums import sum_leading
 from snndist.model.surrogate import SpikeFn
@@ -74,15 +74,40 @@ def scanned_layer(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, inputs: jax
     return voltages, spikes, last
 
 
+def _walk_forward(lif: LIFSpec, spike_fn: SpikeFn, inputs: jax.Array, w: Optional[jax.Array],
+                  b: Optional[jax.Array], w_rec: Optional[jax.Array], start: LIFState) -> LayerOut:
+    """``scanned_layer``'s forward pass with less in its loop, for the custom VJP (nothing differentiates it).
+
+    The loop carries ``I`` and the voltage after its reset ``U'`` (and the spikes, for a recurrent product)
+    and keeps only the voltages; every step's spikes are one op after it. On a CPU each op of a loop
+    iteration costs a dispatch whatever it computes, and a body of more than 8 runs on the concurrent
+    executor: the seed's layer takes half the time (BENCHMARKS.md).
+    """
+    if lif.batched_products and w is not None:
+        inputs, w, b = _drive(lif, inputs, w, b), None, None
+    recurrent = w_rec is not None
+
+    def step(carry, inputs_t):
+        i, u_reset, s = carry
+        i, u = integrate(lif, w_rec, i, u_reset, s, _drive(lif, inputs_t, w, b))
+        s = spike(lif, spike_fn, u)
+        return (i, after_reset(lif, u, s), s if recurrent else None), u
+
+    carry = (start.i, after_reset(lif, start.u, start.s), start.s if recurrent else None)
+    (last_i, _, _), voltages = jax.lax.scan(step, carry, inputs, unroll=lif.unroll)
+    spikes = spike(lif, spike_fn, voltages)
+    return voltages, spikes, LIFState(last_i, voltages[-1], spikes[-1])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def lif_layer(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, inputs: jax.Array, w: Optional[jax.Array],
               b: Optional[jax.Array], w_rec: Optional[jax.Array], start: LIFState) -> LayerOut:
     """What ``scanned_layer`` computes, with the backward pass above."""
-    return scanned_layer(lif, spike_fn, input_grad, inputs, w, b, w_rec, start)
+    return _walk_forward(lif, spike_fn, inputs, w, b, w_rec, start)
 
 
 def _forward(lif, spike_fn, input_grad, inputs, w, b, w_rec, start):
-    voltages, spikes, last = scanned_layer(lif, spike_fn, input_grad, inputs, w, b, w_rec, start)
+    voltages, spikes, last = _walk_forward(lif, spike_fn, inputs, w, b, w_rec, start)
     return (voltages, spikes, last), (inputs, w, b, w_rec, voltages, spikes, start)
 
 
@@ -93,29 +118,33 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
     leak = (1.0 - lif.mem_decay) * lif.resistance
     dtype = voltages.dtype
     in_loop = not lif.batched_products
-    # drop_t: how much U'_t falls per spike of step t - 1 (a constant for the soft reset).
-    before = None if lif.soft_reset else jnp.concatenate([start.u[None], voltages[:-1]])
     previous = jnp.concatenate([start.s[None], spikes[:-1]])
     w_back = None if w is None else w.T
     v_back = None if w_rec is None else w_rec.T
     zeros = lambda like: None if like is None or not in_loop else jnp.zeros(like.shape, dtype)
     product = lambda a, b: matmul(a, b, lif.matmul_dtype)
 
+    def passed_back(di, du, u_before):
+        """``(c_I, c_U, c_s)``: what a step with ``dI``, ``dU`` passes to the state it started from, ``U_{t-1}``."""
+        du_next = lif.mem_decay * du
+        c_s = -(scale if lif.soft_reset else u_before - lif.v_reset) * du_next
+        if v_back is not None:
+            c_s = c_s + product(di, v_back)
+        return lif.syn_decay * di, du_next, c_s
+
+    # The loop carries the step after's (dI, dU), not what it passes back: fewer values to carry and update
+    # (see _walk_forward). The last step has no step after it and takes the last state's cotangent.
     def step(carry, per_step):
-        c_i, c_u, c_s, d_w, d_v = carry
-        g_u, g_s, u, u_before, s_before, x_t = per_step
+        di, du, d_w, d_v = carry
+        g_u, g_s, u, last, s_before, x_t = per_step
+        c_i, c_u, c_s = (jnp.where(last, g, c) for g, c in zip(g_last, passed_back(di, du, u)))
         ds = g_s + c_s
         # The spike function's VJP at this step's scaled voltage: ds * g(x) for an elementwise surrogate.
         _, spike_vjp = jax.vjp(spike_fn, (u - lif.threshold) / scale)
         du = g_u + c_u + spike_vjp(ds)[0] / scale
         di = c_i + leak * du
-        du_next = lif.mem_decay * du
-        c_s = -(scale if u_before is None else u_before - lif.v_reset) * du_next
-        if v_back is not None:
-            c_s = c_s + product(di, v_back)
-        carry = (lif.syn_decay * di, du_next, c_s)
         if not in_loop:
-            return (*carry, d_w, d_v), di
+            return (di, du, d_w, d_v), di
         if v_back is not None:
             d_v = d_v + product(s_before.T, di)
         if w is None:
@@ -123,13 +152,15 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
         else:
             d_w = d_w + product(x_t.astype(dtype).T, di)
             d_x = product(di, w_back) if input_grad else None
-        return (*carry, d_w, d_v), (None if b is None else sum_leading(di), d_x)
+        return (di, du, d_w, d_v), (None if b is None else sum_leading(di), d_x)
 
+    steps = voltages.shape[0]
     # s_{t-1} enters the loop only for dV: a layer without recurrence (the seed's) skips making it.
-    per_step = (g_voltages, g_spikes, voltages, before, previous if in_loop and v_back is not None else None,
-                inputs if in_loop else None)
-    (c_i, c_u, c_s, d_w, d_v), outputs = jax.lax.scan(
-        step, (g_last.i, g_last.u, g_last.s, zeros(w), zeros(w_rec)), per_step, reverse=True, unroll=lif.unroll)
+    per_step = (g_voltages, g_spikes, voltages, jnp.arange(steps) == steps - 1,
+                previous if in_loop and v_back is not None else None, inputs if in_loop else None)
+    nothing = jnp.zeros_like(start.u)
+    (di, du, d_w, d_v), outputs = jax.lax.scan(
+        step, (nothing, nothing, zeros(w), zeros(w_rec)), per_step, reverse=True, unroll=lif.unroll)
     if in_loop:
         d_b, d_inputs = outputs
         d_inputs = d_inputs if input_grad or w is None else None
@@ -144,7 +175,7 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
             d_w = product(rows(inputs).astype(dtype).T, rows(d_drive))
             d_b = sum_leading(rows(d_drive))
             d_inputs = product(d_drive, w_back) if input_grad else None
-    return d_inputs, d_w, d_b, d_v, LIFState(c_i, c_u, c_s)
+    return d_inputs, d_w, d_b, d_v, LIFState(*passed_back(di, du, start.u))
 
 
 lif_layer.defvjp(_forward, _backward)

@@ -26,7 +26,7 @@ from snndist.model.inputs import SpikeEvents
 from snndist.model.lif_layer import lif_layer
 from snndist.model.neurons import LIFSpec, LIFState
 from snndist.model.precision import matmul
-from snndist.model.sums import sum_leading
+from snndist.model.sums import plus_bias, sum_leading
 from snndist.model.surrogate import SpikeFn
 
 # (lif, spike_fn, input_grad, inputs [T, batch, n_in], w, b, w_rec, start) -> (voltages, spikes, last state);
@@ -124,7 +124,7 @@ def event_drive(x: SpikeEvents, w: jax.Array, b: jax.Array, timesteps: int) -> j
     def one_sample(times, units):
         return jnp.zeros((timesteps, w.shape[1]), w.dtype).at[times].add(w[units], mode="drop")
 
-    return jax.vmap(one_sample)(x.times, x.units).transpose(1, 0, 2) + b[None, None, :]
+    return plus_bias(jax.vmap(one_sample)(x.times, x.units).transpose(1, 0, 2), b)
 
 
 def hidden_layers(params: dict, x: jax.Array | SpikeEvents, spec: NetworkSpec, layer_fn: LayerFn = lif_layer,

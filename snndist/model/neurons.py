@@ -74,11 +74,26 @@ def lif_step(spec: LIFSpec, spike_fn: SpikeFn, w_rec: Optional[jax.Array],
     Returns:
       ``LIFState`` at ``t``; its ``s`` is the layer's output.
     """
-    current = spec.syn_decay * state.i + drive
+    current, u = integrate(spec, w_rec, state.i, after_reset(spec, state.u, state.s), state.s, drive)
+    return LIFState(current, u, spike(spec, spike_fn, u))
+
+
+def after_reset(spec: LIFSpec, u: jax.Array, s: jax.Array) -> jax.Array:
+    """``U'``: the voltage ``u`` once its spikes ``s`` have reset it."""
+    drop = spec.threshold - spec.v_reset if spec.soft_reset else jax.lax.stop_gradient(u) - spec.v_reset
+    return u - drop * s
+
+
+def integrate(spec: LIFSpec, w_rec: Optional[jax.Array], i: jax.Array, u_reset: jax.Array, s: jax.Array,
+              drive: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(I_t, U_t)`` from ``I_{t-1}``, ``U'`` and ``s_{t-1}`` (read only for the recurrent product)."""
+    current = spec.syn_decay * i + drive
     if w_rec is not None:
-        current = current + matmul(state.s, w_rec, spec.matmul_dtype)
-    drop = spec.threshold - spec.v_reset if spec.soft_reset else jax.lax.stop_gradient(state.u) - spec.v_reset
-    u = state.u - drop * state.s
-    u = spec.v_rest + (u - spec.v_rest) * spec.mem_decay + (1.0 - spec.mem_decay) * spec.resistance * current
-    s = spike_fn((u - spec.threshold) / (spec.threshold - spec.v_reset))
-    return LIFState(current, u, s)
+        current = current + matmul(s, w_rec, spec.matmul_dtype)
+    u = spec.v_rest + (u_reset - spec.v_rest) * spec.mem_decay + (1.0 - spec.mem_decay) * spec.resistance * current
+    return current, u
+
+
+def spike(spec: LIFSpec, spike_fn: SpikeFn, u: jax.Array) -> jax.Array:
+    """``s = H((U - theta) / (theta - U_reset))``, with the surrogate derivative."""
+    return spike_fn((u - spec.threshold) / (spec.threshold - spec.v_reset))
