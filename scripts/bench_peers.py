@@ -50,7 +50,7 @@ import optax
 
 from snndist.config import Config, load_config
 from snndist.data.datasets import make_dataset
-from snndist.data.events import to_events
+from snndist.data.events import capacity_of, to_events
 from snndist.data.loader import choose_encoding
 from snndist.model.flops import train_step_flops
 from snndist.model.network import NetworkSpec, forward
@@ -181,8 +181,9 @@ def snndist_contender(problem: Problem, encoding: str) -> Contender:
     train_step = make_train_step(spec, optimizer, schedule, layout)
     # The encoding snndist's loader picks for this data (``auto``), or the one asked for.
     data_cfg = dataclasses.replace(cfg.data, encoding=encoding)
-    chosen, capacity = choose_encoding(data_cfg, make_dataset(data_cfg, "train", cfg.train.seed))
-    x = to_events(problem.x, capacity) if chosen == "events" else problem.x
+    chosen, _ = choose_encoding(data_cfg, make_dataset(data_cfg, "train", cfg.train.seed))
+    # The capacity training would give these samples: their largest one's events (synthetic data's rule).
+    x = to_events(problem.x, capacity_of(problem.x)) if chosen == "events" else problem.x
     x = jax.tree.map(lambda a: jax.device_put(a, layout.batch), x)
     y = jax.device_put(problem.y, layout.batch)
     weights = jax.device_put(np.ones(len(problem.y), np.float32), layout.batch)

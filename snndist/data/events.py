@@ -34,6 +34,13 @@ def to_events(spikes: np.ndarray, capacity: int) -> SpikeEvents:
     return SpikeEvents(times, units)
 
 
+def capacity_of(spikes: np.ndarray) -> int:
+    """Slots that hold every sample of dense ``[batch, T, n]`` spikes: the largest sample's events, rounded
+    up to a multiple of 8 (at least 8)."""
+    counts = spikes.reshape(len(spikes), -1).sum(axis=1, dtype=np.int64)
+    return 8 * max(1, math.ceil(int(counts.max(initial=0)) / 8))
+
+
 def bernoulli_capacity(timesteps: int, num_inputs: int, p: float) -> int:
     """Slots that a Bernoulli(p) raster exceeds with negligible probability.
 

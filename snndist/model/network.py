@@ -26,7 +26,7 @@ from snndist.model.inputs import SpikeEvents
 from snndist.model.lif_layer import lif_layer
 from snndist.model.neurons import LIFSpec, LIFState
 from snndist.model.precision import matmul
-from snndist.model.sums import plus_bias, sum_leading
+from snndist.model.sums import plus_bias, sum_leading, weighted_sum_leading
 from snndist.model.surrogate import SpikeFn
 
 # (lif, spike_fn, input_grad, inputs [T, batch, n_in], w, b, w_rec, start) -> (voltages, spikes, last state);
@@ -186,7 +186,7 @@ def readout_logits(params: dict, spikes: jax.Array, spec: NetworkSpec) -> jax.Ar
         out_drive = matmul(spikes, readout["w"], spec.matmul_dtype) + readout["b"][None, None, :]
         return _first_max(_integrate(spec.readout_decay, jnp.zeros_like(out_drive[0]), out_drive))
     weights = jnp.asarray(readout_weights(spec.readout_decay, steps, spec.reduce), spikes.dtype)
-    return (matmul(jnp.einsum("t,tbn->bn", weights, spikes), readout["w"], spec.matmul_dtype)
+    return (matmul(weighted_sum_leading(weights, spikes), readout["w"], spec.matmul_dtype)
             + (weights.sum() * readout["b"])[None, :])
 
 
