@@ -5,7 +5,8 @@ import pytest
 from snndist.config import load_config
 from snndist.data.datasets import make_dataset
 from snndist.data.order import batch_indices, data_position, plan_shards
-from snndist.data.events import to_events
+from snndist.data import synthetic
+from snndist.data.events import bernoulli_capacity, to_events
 from snndist.model.inputs import SpikeEvents
 from snndist.data.loader import SampleLoader
 from snndist.errors import DataError
@@ -77,6 +78,14 @@ def test_events_round_trip_and_overflow_is_an_error():
     assert (ev.times == 200).any(), "padding slots are marked with t = T"
     with pytest.raises(DataError, match="more than the event capacity 10"):
         to_events(x, 10)
+
+
+def test_synthetic_capacity_is_its_largest_sample_and_a_bound_past_the_counting_limit(monkeypatch):
+    _, ds = _dataset()
+    counts = ds.load(np.arange(40))[0].sum(axis=(1, 2))
+    assert ds.max_events == 8 * -(-counts.max() // 8) < bernoulli_capacity(200, 100, 0.005)
+    monkeypatch.setattr(synthetic, "COUNT_EVENTS_UP_TO", 40 * 200 * 100 - 1)
+    assert _dataset()[1].max_events == bernoulli_capacity(200, 100, 0.005)
 
 
 def test_loader_caches_and_encodes():

@@ -151,3 +151,20 @@ def test_the_accelerators_time_loop_gives_the_networks_loss_and_gradients():
     np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads0)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_sums_with_written_gradients_equal_autodiff_of_the_plain_sums():
+    from snndist.model.sums import plus_bias, weighted_sum_leading
+
+    k = jax.random.split(jax.random.PRNGKey(11), 4)
+    x, b, c = jax.random.normal(k[0], (30, 6, 5)), jax.random.normal(k[1], (5,)), jax.random.uniform(k[2], (30,))
+    g = jax.random.normal(k[3], (30, 6, 5))
+    ours = jax.vjp(plus_bias, x, b)
+    plain = jax.vjp(lambda x, b: x + b[None, None, :], x, b)
+    np.testing.assert_array_equal(ours[0], plain[0])
+    for a, e in zip(ours[1](g), plain[1](g)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+    ours = jax.vjp(lambda x: weighted_sum_leading(c, x), x)
+    plain = jax.vjp(lambda x: jnp.einsum("t,tbn->bn", c, x), x)
+    np.testing.assert_allclose(ours[0], plain[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours[1](g[0])[0], plain[1](g[0])[0], rtol=1e-6, atol=1e-6)
