@@ -1,7 +1,9 @@
 """A hidden LIF layer over a stretch of time, with a hand-written backward pass.
 
-``lif_layer`` computes exactly what ``lax.scan`` over ``neurons.lif_step``
-computes (the same operations in the same order). Its VJP is written out:
+``lif_layer`` computes what ``lax.scan`` over ``neurons.lif_step`` computes
+(the same operations in the same order, with less carried from one step
+to the next; XLA may fuse them differently, so a voltage can differ in its
+last bit). Its VJP is written out:
 the reverse loop carries only the error through the recurrence and the
 membrane; the residuals are the layer's inputs and its own outputs
 (voltages and spikes), nothing else, and the surrogate derivative is
@@ -19,8 +21,9 @@ product before the loop, and the weight and input gradients
 loop keeps only the recurrent ``dI V^T``.
 
 The layer starts from a given state and also returns its last one, so that
-time can be cut into chunks (``train.remat``). The reverse loop carries the
-cotangent of the state as the next step receives it, ``(c_I, c_U, c_s)``::
+time can be cut into chunks (``train.remat``). Going back through time, step
+``t`` receives the cotangent of its state ``(c_I, c_U, c_s)`` from step
+``t + 1`` (from the last state's for the last step)::
 
     ds_t = gS_t + c_s
     dU_t = gU_t + c_U + ds_t g(x_t) / (theta - U_reset)
@@ -29,7 +32,7 @@ cotangent of the state as the next step receives it, ``(c_I, c_U, c_s)``::
     dW += x_t^T dI_t,   dV += s_{t-1}^T dI_t,   dx_t = dI_t W^T
 
 with ``drop_t = theta - U_reset`` (soft reset) or ``U_{t-1} - U_reset`` (hard).
-What is left in the carry after step 0 is the starting state's cotangent.
+What step 0 passes back is the starting state's cotangent.
 """
 from __future__ import annotations
 
@@ -81,7 +84,7 @@ def _walk_forward(lif: LIFSpec, spike_fn: SpikeFn, inputs: jax.Array, w: Optiona
     The loop carries ``I`` and the voltage after its reset ``U'`` (and the spikes, for a recurrent product)
     and keeps only the voltages; every step's spikes are one op after it. On a CPU each op of a loop
     iteration costs a dispatch whatever it computes, and a body of more than 8 runs on the concurrent
-    executor: the seed's layer takes half the time (BENCHMARKS.md).
+    executor: the seed's layer's two loops take about half the time (BENCHMARKS.md).
     """
     if lif.batched_products and w is not None:
         inputs, w, b = _drive(lif, inputs, w, b), None, None
