@@ -121,7 +121,6 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
     leak = (1.0 - lif.mem_decay) * lif.resistance
     dtype = voltages.dtype
     in_loop = not lif.batched_products
-    previous = jnp.concatenate([start.s[None], spikes[:-1]])
     w_back = None if w is None else w.T
     v_back = None if w_rec is None else w_rec.T
     zeros = lambda like: None if like is None or not in_loop else jnp.zeros(like.shape, dtype)
@@ -139,7 +138,8 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
     # (see _walk_forward). The last step has no step after it and takes the last state's cotangent.
     def step(carry, per_step):
         di, du, d_w, d_v = carry
-        g_u, g_s, u, last, s_before, x_t = per_step
+        g_u, g_s, u, t, x_t = per_step
+        last = t == steps - 1
         c_i, c_u, c_s = (jnp.where(last, g, c) for g, c in zip(g_last, passed_back(di, du, u)))
         ds = g_s + c_s
         # The spike function's VJP at this step's scaled voltage: ds * g(x) for an elementwise surrogate.
@@ -148,8 +148,9 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
         di = c_i + leak * du
         if not in_loop:
             return (di, du, d_w, d_v), di
-        if v_back is not None:
-            d_v = d_v + product(s_before.T, di)
+        if v_back is not None:  # s_{t-1} from its voltage here: no shifted copy of all the spikes
+            s_before = spike(lif, spike_fn, jax.lax.dynamic_index_in_dim(voltages, jnp.maximum(t - 1, 0), 0, False))
+            d_v = d_v + product(jnp.where(t == 0, start.s, s_before).T, di)
         if w is None:
             d_x = di
         else:
@@ -158,9 +159,7 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
         return (di, du, d_w, d_v), (None if b is None else sum_leading(di), d_x)
 
     steps = voltages.shape[0]
-    # s_{t-1} enters the loop only for dV: a layer without recurrence (the seed's) skips making it.
-    per_step = (g_voltages, g_spikes, voltages, jnp.arange(steps) == steps - 1,
-                previous if in_loop and v_back is not None else None, inputs if in_loop else None)
+    per_step = (g_voltages, g_spikes, voltages, jnp.arange(steps), inputs if in_loop else None)
     nothing = jnp.zeros_like(start.u)
     (di, du, d_w, d_v), outputs = jax.lax.scan(
         step, (nothing, nothing, zeros(w), zeros(w_rec)), per_step, reverse=True, unroll=lif.unroll)
@@ -171,6 +170,7 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
     else:  # the products over all steps, each one matmul over time and batch
         d_drive = outputs
         rows = lambda a: a.reshape(-1, a.shape[-1])
+        previous = jnp.concatenate([start.s[None], spikes[:-1]])
         d_v = None if w_rec is None else product(rows(previous).T, rows(d_drive))
         if w is None:
             d_inputs, d_b = d_drive, None
