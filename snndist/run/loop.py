@@ -104,10 +104,9 @@ def fit(cfg: Config, runner: Runner, tracker: Tracker, checkpointer: Checkpointe
             # One step while the pace is unknown (the first call compiles): a call's timeout counts on it.
             count = min(_to_boundary(cfg, step),
                         1 if pace is None else t.steps_per_call or max(1, int(CHUNK_S / pace)))
-            batches = [batch_indices(s, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
-                       for s in range(step, step + count)]
-            upcoming = (batch_indices(step + count, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
-                        if step + count < t.steps else None)
+            batch_at = lambda s: batch_indices(s, t.global_batch, runner.num_samples, t.seed, cfg.data.shuffle)
+            batches = [batch_at(s) for s in range(step, step + count)]
+            upcoming = batch_at(step + count) if step + count < t.steps else None
             chunk_start = time.perf_counter()
             try:
                 results = runner.steps(batches, upcoming, expected_s=count * (pace or 0.0))
