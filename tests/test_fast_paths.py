@@ -109,6 +109,9 @@ def test_remat_memory_grows_with_the_chunk_not_with_t():
     # Remat keeps one chunk's steps and the states between chunks ([batch, n] each): a tenth of the slope.
     assert remat[800] - remat[400] < 0.1 * (plain[800] - plain[400]), (remat, plain)
     assert remat[400] < 0.25 * plain[400], (remat, plain)  # the bar, at T=400 already
+    # Each added chunk keeps the layer's I and U ([32, 256] float32 each), not its spikes, recomputed from U.
+    state_bytes = 32 * 256 * 4
+    assert (remat[800] - remat[400]) / 20 < 2.5 * state_bytes, (remat, state_bytes)
 
 
 def test_bf16_products_stay_close_to_f32():

@@ -24,7 +24,7 @@ import optax
 
 from snndist.model.inputs import SpikeEvents
 from snndist.model.lif_layer import lif_layer
-from snndist.model.neurons import LIFSpec, LIFState
+from snndist.model.neurons import LIFSpec, LIFState, spike
 from snndist.model.precision import matmul
 from snndist.model.sums import plus_bias, sum_leading, weighted_sum_leading
 from snndist.model.surrogate import SpikeFn
@@ -262,7 +262,11 @@ def _whole(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[jax.A
 
 def _in_chunks(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """What ``_whole`` computes, ``spec.remat_steps`` steps at a time, each chunk recomputed in the backward
-    pass (``jax.checkpoint``): memory holds one chunk's steps and the states between chunks, not all of T."""
+    pass (``jax.checkpoint``): memory holds one chunk's steps and the states between chunks, not all of T.
+
+    Between chunks a layer's state is kept as ``(I, U)``: its spikes are ``spike(U)``, recomputed (and
+    differentiated, surrogate included, as the layer itself would) at the next chunk's start, so the kept
+    states are a third smaller."""
     chunk = spec.remat_steps
     batch = x.times.shape[0] if isinstance(x, SpikeEvents) else x.shape[0]
     readout = params["readout"]
@@ -273,10 +277,15 @@ def _in_chunks(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[j
             return SpikeEvents(jnp.where((times >= 0) & (times < chunk), times, chunk), x.units)
         return jax.lax.dynamic_slice_in_dim(x, k * chunk, chunk, axis=1)
 
+    def with_spikes(kept, k):
+        """Each layer's state from its kept ``(I, U)``: at rest (no spikes) before the first chunk."""
+        return tuple(LIFState(i, u, jnp.where(k > 0, spike(layer.lif, spec.spike_fn, u), 0.0))
+                     for (i, u), layer in zip(kept, spec.layers))
+
     @jax.checkpoint
     def step(carry, k):
-        states, o, reduced, counts = carry
-        _, spikes, states = hidden_layers(params, piece(k), spec, layer_fn, states, chunk)
+        kept, o, reduced, counts = carry
+        _, spikes, states = hidden_layers(params, piece(k), spec, layer_fn, with_spikes(kept, k), chunk)
         out = _integrate(spec.readout_decay, o,
                          matmul(spikes[-1], readout["w"], spec.matmul_dtype) + readout["b"][None, None, :])
         if spec.reduce == "max":  # a later chunk takes over only above the max so far: the first step wins
@@ -284,11 +293,12 @@ def _in_chunks(params: dict, x, spec: NetworkSpec, layer_fn: LayerFn) -> tuple[j
             reduced = jnp.where(highest > reduced, highest, reduced)
         else:
             reduced = reduced + sum_leading(out) if spec.reduce == "mean" else out[-1]
-        return (states, out[-1], reduced, tuple(c + sum_leading(s) for c, s in zip(counts, spikes))), None
+        return ((tuple((state.i, state.u) for state in states), out[-1], reduced,
+                 tuple(c + sum_leading(s) for c, s in zip(counts, spikes))), None)
 
     dtype = readout["w"].dtype
     logits0 = jnp.zeros((batch, spec.num_classes), dtype)
-    start = (tuple(LIFState.zeros(batch, layer.size, dtype) for layer in spec.layers), logits0,
+    start = (tuple(LIFState.zeros(batch, layer.size, dtype)[:2] for layer in spec.layers), logits0,
              jnp.full_like(logits0, -jnp.inf) if spec.reduce == "max" else logits0,
              tuple(jnp.zeros((batch, layer.size), dtype) for layer in spec.layers))
     (_, _, reduced, counts), _ = jax.lax.scan(step, start, jnp.arange(spec.timesteps // chunk))
