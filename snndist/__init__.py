@@ -7,6 +7,9 @@ that ``snndist --help``, config loading and the Ray coordinator start
 without importing JAX (a training driver still imports it through Orbax).
 """
 from snndist._lazy import lazy_exports
+from snndist.xla_flags import add_xla_flags
+
+add_xla_flags()  # before anything here starts JAX
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "Config": "config", "load_config": "config", "ConfigError": "errors", "SnndistError": "errors",
