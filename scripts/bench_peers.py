@@ -549,6 +549,7 @@ def header(args: argparse.Namespace) -> str:
         f"- date: {now}; machine: {machine}",
         f"- versions: {versions}",
         f"- command: `{command(args)}`",
+        f"- XLA_FLAGS (the same for every library: one process, one XLA): `{os.environ.get('XLA_FLAGS', '')}`",
         (f"- ms/step: one full train step (forward, BPTT, Adam), its batch on the device, waited for; median over "
         f"{args.rounds} interleaved rounds of up to {args.steps} steps per library (a block stops after "
         f"{args.block_s:g} s). Identical initial weights and input spikes in every library; the step-0 loss "
