@@ -123,8 +123,22 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
     in_loop = not lif.batched_products
     w_back = None if w is None else w.T
     v_back = None if w_rec is None else w_rec.T
-    zeros = lambda like: None if like is None or not in_loop else jnp.zeros(like.shape, dtype)
     product = lambda a, b: matmul(a, b, lif.matmul_dtype)
+    # In the loop, dW, db and dV grow as one sum: [x_t, 1, s_{t-1}]^T dI_t, one product and one add a step.
+    sizes = (0 if w is None else w.shape[0], 0 if b is None else 1, 0 if w_rec is None else w_rec.shape[0])
+
+    def factors(x_t, t):
+        """``[x_t, 1, s_{t-1}]`` ``[batch, sum(sizes)]``, of the parts this layer has; s_{t-1} from its voltage
+        here, not from a shifted copy of all the spikes."""
+        parts = []
+        if w is not None:
+            parts.append(x_t.astype(dtype))
+        if b is not None:
+            parts.append(jnp.ones((voltages.shape[1], 1), dtype))
+        if v_back is not None:
+            s_before = spike(lif, spike_fn, jax.lax.dynamic_index_in_dim(voltages, jnp.maximum(t - 1, 0), 0, False))
+            parts.append(jnp.where(t == 0, start.s, s_before))
+        return jnp.concatenate(parts, axis=1)
 
     def passed_back(di, du, u_before):
         """``(c_I, c_U, c_s)``: what a step with ``dI``, ``dU`` passes to the state it started from, ``U_{t-1}``."""
@@ -137,7 +151,7 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
     # The loop carries the step after's (dI, dU), not what it passes back: fewer values to carry and update
     # (see _walk_forward). The last step has no step after it and takes the last state's cotangent.
     def step(carry, per_step):
-        di, du, d_w, d_v = carry
+        di, du, d_params = carry
         g_u, g_s, u, t, x_t = per_step
         last = t == steps - 1
         c_i, c_u, c_s = (jnp.where(last, g, c) for g, c in zip(g_last, passed_back(di, du, u)))
@@ -147,33 +161,31 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
         du = g_u + c_u + spike_vjp(ds)[0] / scale
         di = c_i + leak * du
         if not in_loop:
-            return (di, du, d_w, d_v), di
-        if v_back is not None:  # s_{t-1} from its voltage here: no shifted copy of all the spikes
-            s_before = spike(lif, spike_fn, jax.lax.dynamic_index_in_dim(voltages, jnp.maximum(t - 1, 0), 0, False))
-            d_v = d_v + product(jnp.where(t == 0, start.s, s_before).T, di)
-        if w is None:
-            d_x = di
-        else:
-            d_w = d_w + product(x_t.astype(dtype).T, di)
-            d_x = product(di, w_back) if input_grad else None
-        return (di, du, d_w, d_v), (None if b is None else sum_leading(di), d_x)
+            return (di, du, d_params), di
+        if d_params is not None:
+            d_params = d_params + product(factors(x_t, t).T, di)
+        d_x = di if w is None else product(di, w_back) if input_grad else None
+        return (di, du, d_params), d_x
 
     steps = voltages.shape[0]
     per_step = (g_voltages, g_spikes, voltages, jnp.arange(steps), inputs if in_loop else None)
     nothing = jnp.zeros_like(start.u)
-    (di, du, d_w, d_v), outputs = jax.lax.scan(
-        step, (nothing, nothing, zeros(w), zeros(w_rec)), per_step, reverse=True, unroll=lif.unroll)
+    d_params = jnp.zeros((sum(sizes), start.u.shape[1]), dtype) if in_loop and sum(sizes) else None
+    (di, du, d_params), outputs = jax.lax.scan(
+        step, (nothing, nothing, d_params), per_step, reverse=True, unroll=lif.unroll)
     if in_loop:
-        d_b, d_inputs = outputs
-        d_inputs = d_inputs if input_grad or w is None else None
-        d_b = None if b is None else sum_leading(d_b)
+        d_inputs = outputs if input_grad or w is None else None
+        n_w, n_b, _ = sizes
+        d_w = None if w is None else d_params[:n_w]
+        d_b = None if b is None else d_params[n_w]
+        d_v = None if w_rec is None else d_params[n_w + n_b:]
     else:  # the products over all steps, each one matmul over time and batch
         d_drive = outputs
         rows = lambda a: a.reshape(-1, a.shape[-1])
         previous = jnp.concatenate([start.s[None], spikes[:-1]])
         d_v = None if w_rec is None else product(rows(previous).T, rows(d_drive))
         if w is None:
-            d_inputs, d_b = d_drive, None
+            d_inputs, d_w, d_b = d_drive, None, None
         else:
             d_w = product(rows(inputs).astype(dtype).T, rows(d_drive))
             d_b = sum_leading(rows(d_drive))
