@@ -12,8 +12,8 @@ REGION_ANALYSIS = "--xla_cpu_copy_insertion_use_region_analysis"
 # Compiles the gradient of the SHD network's loss (a recurrent layer, in-loop products) and prints how many
 # copies XLA's CPU compiler left in it.
 COUNT_COPIES = """
-import os, jax, jax.numpy as jnp
 import snndist
+import os, jax, jax.numpy as jnp
 from snndist.config import load_config
 from snndist.model.network import init_params, loss_fn
 from snndist.train.spec import network_spec
