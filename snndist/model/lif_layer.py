@@ -164,8 +164,9 @@ def _backward(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, residuals, cota
             return (di, du, d_params), di
         if d_params is not None:
             d_params = d_params + product(factors(x_t, t).T, di)
-        d_x = di if w is None else product(di, w_back) if input_grad else None
-        return (di, du, d_params), d_x
+        if w is None:  # the inputs were the drive itself
+            return (di, du, d_params), di
+        return (di, du, d_params), product(di, w_back) if input_grad else None
 
     steps = voltages.shape[0]
     per_step = (g_voltages, g_spikes, voltages, jnp.arange(steps), inputs if in_loop else None)
