@@ -25,9 +25,20 @@ HEAD_PORTS = ("port", "dashboard-port", "ray-client-server-port")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: each socket is held until all are bound (one at a time, the system may hand
+    out a port just released again)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def ray_env(**extra: str) -> dict:
@@ -91,7 +102,7 @@ class Node:
 def start_head(env: dict, num_cpus: int = 2) -> tuple[Node, str]:
     """A head node; returns it and its temp dir (the caller removes it after ``stop``)."""
     temp_dir = tempfile.mkdtemp(prefix="snnray-", dir="/tmp")  # short: Ray's socket paths must fit
-    ports = {name: free_port() for name in HEAD_PORTS + NODE_PORTS}
+    ports = dict(zip(HEAD_PORTS + NODE_PORTS, free_ports(len(HEAD_PORTS + NODE_PORTS))))
     args = ["--head", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"]
     return _start(args, ports, env, num_cpus, Path(temp_dir) / "head.log"), temp_dir
 
@@ -99,7 +110,7 @@ def start_head(env: dict, num_cpus: int = 2) -> tuple[Node, str]:
 def start_worker_node(head: Node, env: dict, log: Path, num_cpus: int = 2, resources: str = "{}",
                       wrap: Callable[[list[str]], list[str]] | None = None) -> Node:
     """A second node joining ``head``; ``wrap`` turns the ``ray start`` command into another (e.g. unshare)."""
-    ports = {name: free_port() for name in NODE_PORTS}
+    ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS))))
     node = _start([f"--address={head.gcs_address}", f"--resources={resources}"], ports, env, num_cpus, log,
                   wrap=wrap)
     node.ports.update(port=head.ports["port"])

@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 from dataset_files import nmnist_bytes, write_event_file, write_nmnist, write_shd
+from wandb_records import inspect_summary
 
 from snndist.config import load_config
 from snndist.data.datasets import make_dataset
@@ -286,10 +287,16 @@ def test_bad_data_is_one_line_and_exit_2(tmp_path, case):
 def test_bad_data_in_a_ray_worker_is_the_same_line(tmp_path):
     make, kind, message = BAD["label out of range"]
     make(tmp_path / "data")
-    result = _cli("train", "--config", str(_shd_config(tmp_path, tmp_path / "data")), "--run-dir",
-                  str(tmp_path / "run"))
+    run = tmp_path / "run"
+    result = _cli("train", "--config", str(_shd_config(tmp_path, tmp_path / "data")), "--run-dir", str(run),
+                  "--set", "logging.wandb.mode=offline")
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == [f"snndist: error: {message}"]
+    # Found while W&B started: its run is closed, and the run directory holds no run, so the same command
+    # can run again.
+    [run_file] = run.glob("wandb/offline-run-*/run-*.wandb")
+    assert inspect_summary(run_file)["state"] == "finished"
+    assert not (run / "config.yaml").exists() and not (run / "checkpoints").exists()
 
 
 def _params(run_dir):

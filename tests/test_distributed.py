@@ -13,6 +13,7 @@ import ray
 from snndist.config import load_config
 from snndist.dist.cluster import check_group, local_gpu_ids, worker_env
 from snndist.dist.coordinator import RayRunner
+from snndist.dist.worker import use_environment
 from snndist.data.order import batch_indices
 from snndist.errors import ClusterError, WorkerError, WorkerLost
 from snndist.train.local import LocalRunner
@@ -168,6 +169,26 @@ def test_cluster_env_reaches_the_workers_environment_under_snndists_own():
     assert "XLA_FLAGS" not in worker_env("tpu", 4, deterministic=True)  # a GPU flag: CPUs are deterministic already
 
 
+def test_a_worker_sets_its_environment_before_jax_and_the_users_is_there_from_its_start(local_ray):
+    # The shared instance's processes inherited 4 host devices (conftest): the worker's own 2 must win.
+    cfg = load_config("configs/tutorial.yaml", BASE + ["cluster.devices_per_worker=2",
+                                                       "cluster.env={SNNDIST_TEST_MARK: marked}"])
+    runner = RayRunner(cfg, "environment", say=lambda _: None)
+    try:
+        assert runner.local_devices == 2
+        env = ray.get(runner.workers[0].__ray_call__.remote(lambda worker: dict(os.environ)))
+        assert env["JAX_PLATFORMS"] == "cpu" and env["SNNDIST_TEST_MARK"] == "marked"
+        assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
+                                            "--xla_cpu_copy_insertion_use_region_analysis=true"]
+        # What the process started with (a library path must be there before Python starts).
+        with open(f"/proc/{runner.worker_pids()[0]}/environ", "rb") as start:
+            assert b"SNNDIST_TEST_MARK=marked" in start.read().split(b"\0")
+    finally:
+        runner.close()
+    with pytest.raises(RuntimeError, match="imported JAX before its environment was set"):
+        use_environment({})  # this process's JAX started long ago
+
+
 def test_a_gpu_workers_local_device_ids_follow_what_ray_made_visible():
     # Ray set CUDA_VISIBLE_DEVICES=5,7 for GPUs 5 and 7: JAX numbers them 0 and 1.
     assert local_gpu_ids(2, ["5", "7"], {"CUDA_VISIBLE_DEVICES": "5,7"}) == [0, 1]
@@ -234,8 +255,9 @@ def test_a_taken_coordinator_port_starts_the_group_again_and_old_workers_are_dea
             old = [w._actor_id.hex() for w in runner.workers]
             runner._end_actors()  # what restart() does (through _stop_workers) before it reserves again
             assert [actors(a)["State"] for a in old] == ["DEAD", "DEAD"]
-            runner.restart()  # the recovery's group meets the taken port too, and starts again
+            runner.restart()  # the recovery's group meets the taken port too (its next call waits for it)
+            after = float(runner.step(np.arange(27))["train/loss"])
             assert len([l for l in lines if "starting the worker group again" in l]) == 2, lines
-            assert np.isfinite(before) and np.isfinite(float(runner.step(np.arange(27))["train/loss"]))
+            assert np.isfinite(before) and np.isfinite(after)
         finally:
             runner.close()

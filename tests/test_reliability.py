@@ -123,6 +123,28 @@ def test_the_embedded_ray_goes_when_its_driver_is_killed(tmp_path):
     assert alive == [], [(p.pid, p.name()) for p in alive]
 
 
+def test_stopping_the_embedded_ray_ends_every_process_it_started():
+    # Its autoscaler's monitor is stopped ahead of Ray's own order (after the GCS): nothing may be left.
+    script = """
+import json, psutil, ray
+from snndist.dist import cluster
+assert cluster.connect(None, 1, 1)
+assert ray.get(ray.remote(lambda: 1).remote()) == 1  # a worker process too
+started = [p for p in psutil.Process().children(recursive=True) if "snndist.dist.reaper" not in p.cmdline()]
+cmdlines = [" ".join(p.cmdline()) for p in started]
+cluster.stop_local_instance()
+_, alive = psutil.wait_procs(started, timeout=20)
+print(json.dumps({"initialized": ray.is_initialized(), "started": cmdlines,
+                  "alive": [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    started = " ".join(result["started"])
+    assert all(name in started for name in ("gcs_server", "raylet", "monitor.py")), started
+    assert result == {**result, "initialized": False, "alive": []}, result
+
+
 def test_a_worker_killed_for_memory_stops_the_run_at_once(tmp_path):
     # Ray's memory monitor, told that 2% of the machine's memory is too much, kills the worker for real.
     env = {**os.environ, "RAY_memory_usage_threshold": "0.02", "RAY_memory_monitor_refresh_ms": "100"}

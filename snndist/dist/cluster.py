@@ -57,6 +57,21 @@ def connect(address: str | None, workers: int, cpus_per_worker: int) -> bool:
     return not address
 
 
+def stop_local_instance() -> None:
+    """``ray.shutdown`` of the instance ``connect`` started, its autoscaler's monitor stopped first.
+
+    Ray stops the monitor after the GCS, and the monitor then spends its whole second of grace telling the
+    gone GCS why it stopped: 1 s of ray.shutdown's 1.4 s on 2 cores. A local instance has nothing to
+    autoscale.
+    """
+    if not ray.is_initialized():
+        return
+    node = ray._private.worker._global_node  # Ray has no public call to stop one of its processes
+    if node is not None:
+        node.kill_monitor(check_alive=False)
+    ray.shutdown()
+
+
 def _probe(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast on an address nothing listens at: ``ray.init`` would retry for minutes."""
     host, _, port = address.removeprefix("ray://").rpartition(":")

@@ -23,7 +23,7 @@ from snndist.dist import cluster
 from snndist.dist.worker import Worker
 from snndist.errors import (ConfigError, JoinFailed, OutOfMemory, SnndistError, WorkerError, WorkerLost, one_line,
                             out_of_device_memory)
-from snndist.track.metrics import Metrics, weighted_mean, weighted_tree_mean
+from snndist.track.metrics import Metrics, unstacked, weighted_mean, weighted_tree_mean
 
 SHUTDOWN_TIMEOUT_S = 30
 DRAIN_POLL_S = 2.0  # how often to ask Ray whether a node of this run is being drained
@@ -33,7 +33,9 @@ PEER_DEATH_GRACE_S = 5.0  # after a worker's error, how long to look for a dead 
 class RayRunner:
     """A ``Runner`` over ``train.workers`` Ray actors, each a ``Replica`` over its devices."""
 
-    def __init__(self, cfg: Config, run_name: str, say=print):
+    def __init__(self, cfg: Config, run_name: str, say=print, wait: bool = True):
+        """``wait``: return once the workers are ready; False: they start while the caller goes on, until
+        ``ready`` (which every call that needs them makes first)."""
         self.cfg, self.say, self.run_name = cfg, say, run_name
         self.started_ray = cluster.connect(cfg.cluster.address, cfg.train.workers, cfg.cluster.cpus_per_worker)
         # No address: the embedded instance (started here, or by a test or notebook); nothing joins it.
@@ -42,35 +44,44 @@ class RayRunner:
         self.reservation = None
         self.probe = None  # after shrinking: a pending placement group for the missing workers
         self.workers: list = []
+        self.starting = False  # workers started and not yet waited for
         self.failed = False
         self.generation = 0  # worker groups started so far
         try:
             given = cluster.given_group(cfg.train, cfg.cluster)  # a sweep trial's, placed by Ray Tune
             self._start(given or self._waited(cluster.reserve, cfg.train, cfg.cluster))
+            if wait:
+                self.ready()
         except BaseException:
             self.close()
             raise
 
     def _start(self, reservation: cluster.Reservation) -> None:
-        """Workers on ``reservation``'s bundles, alive, then joined. A group that could not join (its port
-        taken, say) is ended and started again on a free port; twice is a lost worker."""
-        t = self.cfg.train
+        """Workers on ``reservation``'s bundles, on their way to being alive, joined and holding replicas."""
         self.reservation = reservation
-        port = self.cfg.cluster.coordinator_port
+        self._spawn(self.cfg.cluster.coordinator_port)
+        self.starting = True
+
+    def ready(self) -> None:
+        """Wait for the workers ``_start`` started. A group that could not join (its port taken, say) is
+        ended and started again on a free port; twice is a lost worker."""
+        if not self.starting:
+            return
+        self.starting = False
+        t = self.cfg.train
         # Starting takes process spawns and imports (a fresh node's, a busy one's), joining, then compiles.
         timeout = t.step_timeout_s + cluster.JOIN_TIMEOUT_S
         for again in (False, True):
-            self._spawn()
-            self._gather([w.pid.remote() for w in self.workers], timeout=timeout)  # all alive before joining
+            self._gather(self.alive, timeout=timeout)
             try:
-                infos = self._join(port, timeout)
+                infos = self._gather(self.joined, timeout=timeout)
                 break
             except (JoinFailed, WorkerLost) as err:  # gRPC may also crash the process that fails to bind
                 self._end_actors()
                 if again:
                     raise WorkerLost(None, f"{err}, again after starting the group anew") from None
                 self.say(f"{err}; starting the worker group again, on a free port")
-                port = None
+                self._spawn(None)
         self.infos = infos  # each worker's rank, node, devices (and for GPUs, what Ray gave it)
         self.nodes = {ray.get_runtime_context().get_node_id(), *(info["node"] for info in infos)}
         self.drain_checked, self.drain_warned = time.monotonic(), False
@@ -81,15 +92,10 @@ class RayRunner:
         self.steps_done = 0
         self.grad_sync_s = 0.0
 
-    def _join(self, port: int | None, timeout: float) -> list[dict]:
-        """Each worker's replica, over the jax.distributed group of all under ``xla`` sync; their infos."""
-        address = None
-        if self.cfg.train.grad_sync == "xla":
-            address = self._gather([self.workers[0].address.remote(port)], ranks=[0], timeout=timeout)[0]
-        return self._gather([w.setup.remote(address) for w in self.workers], timeout=timeout)
-
-    def _spawn(self) -> None:
-        """One actor per bundle of the reservation, named by run, generation and rank."""
+    def _spawn(self, port: int | None) -> None:
+        """One actor per bundle of the reservation, named by run, generation and rank, and their calls to
+        start: ``alive`` (each its pid), then ``joined`` (each its replica over the jax.distributed group of
+        all under ``xla`` sync, worker 0 hosting its coordinator at ``port``, else a free one)."""
         c, reservation = self.cfg.cluster, self.reservation
         run_name = self.run_name if not self.generation else f"{self.run_name}-g{self.generation}"
         self.generation += 1
@@ -97,32 +103,37 @@ class RayRunner:
         size = reservation.workers
         accelerator = reservation.accelerator
         actor = ray.remote(Worker)
+        env = cluster.worker_env(accelerator, c.devices_per_worker, c.env, self.cfg.train.deterministic_ops,
+                                 jax_on_cpu=os.environ.get(cluster.ACCELERATORS_ON_CPU) == "1")
         for rank in range(size):
             options = dict(
                 name=f"snndist-{run_name}-rank{rank}", num_cpus=c.cpus_per_worker, max_restarts=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    reservation.group, reservation.order[rank] if reservation.order else rank),
-                runtime_env={"env_vars": cluster.worker_env(
-                    accelerator, c.devices_per_worker, c.env, self.cfg.train.deterministic_ops,
-                    jax_on_cpu=os.environ.get(cluster.ACCELERATORS_ON_CPU) == "1")})
+                    reservation.group, reservation.order[rank] if reservation.order else rank))
+            if c.env:  # the user's variables from the process's start (a library path, say), not only before JAX
+                options["runtime_env"] = {"env_vars": dict(c.env)}
             if accelerator == "gpu":
                 options["num_gpus"] = c.devices_per_worker
             elif accelerator == "tpu":
                 options["resources"] = {"TPU": c.devices_per_worker}
-            self.workers.append(actor.options(**options).remote(self.cfg.to_dict(), rank, size, accelerator))
+            self.workers.append(actor.options(**options).remote(self.cfg.to_dict(), rank, size, accelerator, env))
+        self.alive = [w.pid.remote() for w in self.workers]
+        address = self.workers[0].address.remote(port) if self.cfg.train.grad_sync == "xla" else None
+        self.joined = [w.setup.remote(address) for w in self.workers]  # Ray passes address's value
 
     # ------------------------------------------------------------------ runner interface
     def steps(self, batches: list[np.ndarray], upcoming: np.ndarray | None = None,
               expected_s: float = 0.0) -> list[Metrics]:
+        self.ready()
         plan = lambda indices: plan_shards(indices, len(self.workers), self.local_devices)
         shards = [plan(b) for b in batches]  # [step][rank]
         following = [None] * len(self.workers) if upcoming is None else plan(upcoming)
         if self.cfg.train.grad_sync == "coordinator" and len(self.workers) > 1:  # a host mean between steps
             return [self._coordinated_step(s, f) for s, f in zip(shards, [*shards[1:], following])]
         # One call per worker for all the steps; with XLA sync the collectives are in the jitted step.
-        results = self._gather([w.train_steps.remote([s[rank] for s in shards], following[rank])
-                                for rank, w in enumerate(self.workers)],
-                               timeout=self.cfg.train.step_timeout_s + 2 * expected_s)
+        calls = [w.train_steps.remote([s[rank] for s in shards], following[rank])
+                 for rank, w in enumerate(self.workers)]
+        results = [unstacked(r) for r in self._gather(calls, timeout=self.cfg.train.step_timeout_s + 2 * expected_s)]
         self.steps_done += len(batches)
         # The step's metrics are the collective's, the same on every worker; what each read is its own.
         return [{**per_step[0], "count/dropped_events": sum(m["count/dropped_events"] for m in per_step)}
@@ -148,6 +159,7 @@ class RayRunner:
         return metrics
 
     def evaluate(self, split: str) -> Metrics:
+        self.ready()
         results = self._gather([w.evaluate.remote(split) for w in self.workers])
         if self.cfg.train.grad_sync == "xla":
             return results[0][0]  # the collective result, the same on every worker
@@ -155,6 +167,7 @@ class RayRunner:
 
     def gradient(self, indices: np.ndarray) -> dict:
         """The mean loss gradient over ``indices`` at the current parameters (no update)."""
+        self.ready()
         shards = plan_shards(indices, len(self.workers), self.local_devices)
         results = self._gather([w.grads.remote(s) for w, s in zip(self.workers, shards)])
         if self.cfg.train.grad_sync == "xla":
@@ -162,15 +175,19 @@ class RayRunner:
         return weighted_tree_mean([g for g, _ in results], [float(s.weights.sum()) for s in shards])
 
     def params(self) -> dict:
+        self.ready()
         return self._gather([self.workers[0].params.remote()], ranks=[0])[0]
 
     def trace(self, indices) -> dict:
+        self.ready()
         return self._gather([self.workers[0].trace.remote(indices)], ranks=[0])[0]
 
     def get_state(self) -> dict:
+        self.ready()
         return self._gather([self.workers[0].host_state.remote()], ranks=[0])[0]
 
     def set_state(self, state: dict) -> None:
+        self.ready()
         ref = ray.put(state)
         self._gather([w.load_state.remote(ref) for w in self.workers])
 
@@ -216,12 +233,14 @@ class RayRunner:
                 "grad_sync": t.grad_sync}
 
     def worker_pids(self) -> list[int]:
+        self.ready()
         return self._gather([w.pid.remote() for w in self.workers])
 
     def check_visible(self, path: str, run_dir: str) -> None:
         """On a multi-node cluster, refuse a run directory (holding the new file ``path``) some worker cannot see."""
         if len([n for n in ray.nodes() if n["Alive"]]) < 2:
             return
+        self.ready()
         missing = [r for r, seen in enumerate(self._gather([w.can_see.remote(path) for w in self.workers]))
                    if not seen]
         if missing:
@@ -233,6 +252,7 @@ class RayRunner:
 
         Asked of Ray's GCS at most every DRAIN_POLL_S: a few ms per ask, against steps of a few ms.
         """
+        self.ready()
         now = time.monotonic()
         if now - self.drain_checked < DRAIN_POLL_S:
             return None
@@ -262,8 +282,8 @@ class RayRunner:
     def close(self) -> None:
         """Leave the jax.distributed group, end the actors, free the resources; bounded in time."""
         self._stop_workers()
-        if self.started_ray and ray.is_initialized():
-            ray.shutdown()
+        if self.started_ray:
+            cluster.stop_local_instance()
 
     def _stop_workers(self) -> None:
         # After a failure the others may be stuck in a collective (a peer died or hung) and would never

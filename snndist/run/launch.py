@@ -4,18 +4,20 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from etils import epath
 
 from snndist.config import Config, config_hash, dump_yaml, load_config, resumable_fields
 from snndist.errors import ConfigError, OutOfMemory, one_line, out_of_device_memory
 from snndist.run.loop import StopSignal, fit, restore_newest
-from snndist.store.checkpoint import Checkpointer
 from snndist.store.lease import RunLease
 from snndist.store.rundir import check_run_dir_free, is_remote, local_dir_for, open_run_dir
 from snndist.track.tracker import BackgroundTracker, JsonlTracker, MultiTracker, Tracker, last_logged_step
 from snndist.train.runner import Runner
+
+if TYPE_CHECKING:
+    from snndist.store.checkpoint import Checkpointer
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
@@ -55,8 +57,10 @@ def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, *, local: bool, resu
     # W&B starts in this thread, after the runner: on CPython 3.11 importing W&B in a second thread (pydantic
     # parses its classes' source) while this one imports or compiles can fail with "AST constructor
     # recursion depth mismatch" (CPython gh-106905); a resumed run must also first read which W&B run it
-    # continues.
+    # continues. Ray's workers go on starting meanwhile (their processes, imports, replicas).
     runner = _runner(cfg, run_dir, local, say)
+    from snndist.store.checkpoint import Checkpointer  # Orbax, and JAX with it: 1.1 s of imports, here overlapped
+
     # After the runner: ray.init installs a SIGTERM handler of its own that ends the process at once.
     stop = StopSignal().install()
     try:
@@ -81,6 +85,12 @@ def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, *, local: bool, resu
         # W&B before the run's own files: if it may stop the run (on_error: fail), a new run leaves
         # nothing that would refuse the same command once W&B is back.
         wandb = _wandb(cfg, run_dir, wandb_run_id, last_logged_step(run_dir), say)
+        try:  # before the run's own files: a worker that cannot start leaves none (as with --local)
+            runner.ready()
+        except BaseException:
+            if wandb:
+                wandb.finish()
+            raise
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         checkpointer = checkpointer or Checkpointer(run_dir, cfg.checkpoint, say=say)
         meta = {"wandb_run_id": wandb.run_id if wandb else None}
@@ -141,4 +151,4 @@ def _runner(cfg: Config, run_dir: epath.Path, local: bool, say) -> Runner:
         return LocalRunner(cfg)
     from snndist.dist.coordinator import RayRunner
 
-    return RayRunner(cfg, run_dir.name, say=say)
+    return RayRunner(cfg, run_dir.name, say=say, wait=False)

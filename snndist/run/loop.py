@@ -9,20 +9,22 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from snndist.config import Config, config_hash
 from snndist.data.order import batch_indices, data_position
 from snndist.errors import ClusterError, Preempted, RunFailed, WorkerLost
-from snndist.store.checkpoint import Checkpointer
 from snndist.store.lease import RunLease
 from snndist.track.metrics import summarize
 from snndist.track.pixels import network_pixels
 from snndist.track.progress import Progress
 from snndist.track.tracker import Pictures, Tracker
 from snndist.train.runner import Runner
+
+if TYPE_CHECKING:  # Orbax loads JAX: a Ray run's driver imports it while its workers start
+    from snndist.store.checkpoint import Checkpointer
 
 # Seconds of training per runner call (train.steps_per_call: 0): the steps between two checks of the stop
 # signal, the drain notice and the lease, run without a host round trip between them.

@@ -47,9 +47,7 @@ def _run(spec: Sweep, base: Config, sweep_dir: Path, *, resume: bool, say) -> in
         run(spec, base, sweep_dir, resume=resume, say=say)
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            cluster.stop_local_instance()
     rows, samples = report(spec, base, sweep_dir, say)
     unfinished = [r for r in rows if r.status in ("pending", "running")]
     if unfinished or len(rows) < samples:

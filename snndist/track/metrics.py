@@ -29,6 +29,18 @@ def summarize(metrics: Metrics, prefix: str = "spikes") -> dict[str, float]:
     return out
 
 
+def stacked(steps: list[Metrics]) -> Metrics:
+    """Several steps' metrics as one array a key, ``[steps, ...]``: what crosses a process boundary as a
+    few buffers rather than one a value a step."""
+    return {key: np.stack([np.asarray(m[key]) for m in steps]) for key in steps[0]}
+
+
+def unstacked(metrics: Metrics) -> list[Metrics]:
+    """``stacked``'s steps again (views of its arrays)."""
+    count = len(next(iter(metrics.values())))
+    return [{key: value[i] for key, value in metrics.items()} for i in range(count)]
+
+
 def weighted_mean(parts: list[Metrics], counts: list[float]) -> Metrics:
     """Combine per-shard metrics: counts add up, means are weighted by sample count."""
     total = max(float(sum(counts)), 1.0)

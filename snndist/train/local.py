@@ -23,6 +23,9 @@ class LocalRunner:
         self.num_samples = self.replica.num_samples("train")
         self.pending_s = 0.0  # its devices are this process's: nothing to wait for
 
+    def ready(self) -> None:
+        """Ready since the constructor."""
+
     def steps(self, batches, upcoming=None, expected_s: float = 0.0) -> list[Metrics]:
         plan = lambda indices: plan_shards(indices, 1, self.replica.local_devices)[0]
         return self.replica.train_steps([plan(b) for b in batches], None if upcoming is None else plan(upcoming))

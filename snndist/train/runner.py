@@ -13,6 +13,10 @@ class Runner(Protocol):
     num_samples: int  # in the training split
     pending_s: float  # seconds spent waiting for resources (the workers', at the start and in recoveries)
 
+    def ready(self) -> None:
+        """Wait until the runner can train: a runner whose workers start in the background raises what
+        stopped them here."""
+
     def steps(self, batches: list[np.ndarray], upcoming: np.ndarray | None = None,
               expected_s: float = 0.0) -> list[Metrics]:
         """Training steps on the global batches ``batches``, in turn; each step's metrics, which may stay on
