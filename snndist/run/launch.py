@@ -4,7 +4,7 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from etils import epath
 
@@ -15,9 +15,6 @@ from snndist.store.lease import RunLease
 from snndist.store.rundir import check_run_dir_free, is_remote, local_dir_for, open_run_dir
 from snndist.track.tracker import BackgroundTracker, JsonlTracker, MultiTracker, Tracker, last_logged_step
 from snndist.train.runner import Runner
-
-if TYPE_CHECKING:
-    from snndist.store.checkpoint import Checkpointer
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
@@ -59,7 +56,7 @@ def _run(cfg: Config, run_dir: epath.Path, lease: RunLease, *, local: bool, resu
     # recursion depth mismatch" (CPython gh-106905); a resumed run must also first read which W&B run it
     # continues. Ray's workers go on starting meanwhile (their processes, imports, replicas).
     runner = _runner(cfg, run_dir, local, say)
-    from snndist.store.checkpoint import Checkpointer  # Orbax, and JAX with it: 1.1 s of imports, here overlapped
+    from snndist.store.checkpoint import Checkpointer  # Orbax and JAX (1.1 s) while Ray's workers start
 
     # After the runner: ray.init installs a SIGTERM handler of its own that ends the process at once.
     stop = StopSignal().install()
