@@ -8,6 +8,6 @@ if problem:
     print(f"snndist: error: {problem}", file=sys.stderr)
     sys.exit(2)
 
-from snndist.cli import main  # noqa: E402
+from snndist.cli import run  # noqa: E402
 
-sys.exit(main())
+sys.exit(run())

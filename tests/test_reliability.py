@@ -123,13 +123,14 @@ def test_the_embedded_ray_goes_when_its_driver_is_killed(tmp_path):
     assert alive == [], [(p.pid, p.name()) for p in alive]
 
 
-def test_stopping_the_embedded_ray_ends_every_process_it_started():
-    # Its autoscaler's monitor is stopped ahead of Ray's own order (after the GCS): nothing may be left.
+def test_the_embedded_ray_runs_workers_at_the_drivers_priority_and_stops_every_process_it_started():
+    # Ray would run its workers at nice 15. Its autoscaler's monitor is stopped ahead of Ray's own order
+    # (after the GCS): nothing may be left.
     script = """
-import json, psutil, ray
+import json, os, psutil, ray
 from snndist.dist import cluster
 assert cluster.connect(None, 1, 1)
-assert ray.get(ray.remote(lambda: 1).remote()) == 1  # a worker process too
+assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)  # a worker process too
 started = [p for p in psutil.Process().children(recursive=True) if "snndist.dist.reaper" not in p.cmdline()]
 cmdlines = [" ".join(p.cmdline()) for p in started]
 cluster.stop_local_instance()

@@ -24,6 +24,19 @@ FIRST_REPORT_S, REPORT_EVERY_S = 5.0, 30.0  # while waiting for resources: when 
 JOIN_TIMEOUT_S = 300  # placed workers joining their jax.distributed group: process starts, imports, a slow node
 
 
+LOCAL_INSTANCE_CONFIG = {
+    # Ray runs its workers at nice 15, to keep its own daemons responsive on a busy node. Here the workers
+    # are the job: at 15, each burst of the driver's logging or W&B's process stalls a step's threads (the
+    # tutorial's 3000 steps: 0.3 s longer on 2 cores).
+    "worker_niceness": 0,
+    # The raylet's first connection to its object store often comes before the store listens; it then
+    # waited a whole retry interval (1 s of ray.init, in 2 of 6 starts). The same 10 s in all, in steps of
+    # 0.1 s.
+    "raylet_client_connect_timeout_milliseconds": 100,
+    "raylet_client_num_connect_attempts": 100,
+}
+
+
 def connect(address: str | None, workers: int, cpus_per_worker: int) -> bool:
     """``ray.init`` at ``address``, RAY_ADDRESS, or a new local instance; True if we started one.
 
@@ -49,7 +62,7 @@ def connect(address: str | None, workers: int, cpus_per_worker: int) -> bool:
             # The dashboard process (Ray starts it even without the UI) answers on loopback only: an
             # open Ray dashboard or Jobs API runs anyone's code (CVE-2023-48022).
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, dashboard_host="127.0.0.1",
-                     logging_level="WARNING")
+                     logging_level="WARNING", _system_config=LOCAL_INSTANCE_CONFIG)
             _reaper = reaper.start(os.getpid())  # the instance ends with this process, even if it is killed
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "
