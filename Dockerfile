@@ -21,7 +21,10 @@ COPY --chown=ray:users configs ./configs
 RUN pip install --no-cache-dir "ray[default]==2.60.0" ".[cuda]"
 
 # A GPU shared by a few processes (workers, a test job): JAX allocates as it needs, up to 45% each,
-# instead of taking 75% of the GPU at its first array.
+# instead of taking 75% of the GPU at its first array. Every process's malloc asks for transparent huge
+# pages (snndist/huge_pages.py): the Ray workers start from the node's environment, so this is where they
+# get it.
 ENV XLA_PYTHON_CLIENT_PREALLOCATE=false \
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 \
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     RAY_USAGE_STATS_ENABLED=0

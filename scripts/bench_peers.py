@@ -52,6 +52,7 @@ from snndist.config import Config, load_config
 from snndist.data.datasets import make_dataset
 from snndist.data.events import capacity_of, to_events
 from snndist.data.loader import choose_encoding
+from snndist.huge_pages import restart_with_huge_pages
 from snndist.model.flops import train_step_flops
 from snndist.model.network import NetworkSpec, forward
 from snndist.run.bench import matmul_rate
@@ -173,9 +174,11 @@ class Contender(NamedTuple):
     deviation: str  # how its model differs from snndist's; "" if it does not
 
 
-def snndist_contender(problem: Problem, encoding: str) -> Contender:
-    """snndist's jitted train step (the one training runs), on one device; ``encoding``: auto, dense, events."""
-    cfg, spec = problem.cfg, problem.spec
+def snndist_contender(problem: Problem, encoding: str, spike_products: str) -> Contender:
+    """snndist's jitted train step (the one training runs), on one device; ``encoding``: auto, dense, events;
+    ``spike_products``: train.spike_products (auto, f32, int8)."""
+    cfg = dataclasses.replace(problem.cfg, train=dataclasses.replace(problem.cfg.train, spike_products=spike_products))
+    spec = network_spec(cfg)
     optimizer, schedule = make_optimizer(cfg.train)
     layout = Layout.over(jax.local_devices()[:1])
     train_step = make_train_step(spec, optimizer, schedule, layout)
@@ -194,7 +197,9 @@ def snndist_contender(problem: Problem, encoding: str) -> Contender:
         state[0], metrics = train_step(state[0], x, y, weights)  # the state is donated: keep the new one
         return jax.block_until_ready(metrics["train/loss"])  # the update runs in the same program
 
-    return Contender(f"snndist ({chosen} input)", step, "")
+    # int8 where the layer has a product with a side of spikes: the recurrence, or the dense input's
+    products = "int8" if spec.layers[0].lif.int8_spikes and (problem.recurrent or chosen == "dense") else "f32"
+    return Contender(f"snndist ({chosen} input, {products} spike products)", step, "")
 
 
 def brainstate_contenders(problem: Problem) -> list[Contender]:
@@ -506,7 +511,7 @@ def table(problem: Problem, contenders: list[Contender], timing: Timing, spyx_ex
     """One config's markdown: libraries, the floor, the loss check, the deviations."""
     pooled = {label: [t for block in blocks for t in block] for label, blocks in timing.ms.items()}
     median = {label: statistics.median(times) for label, times in pooled.items()}
-    ours = contenders[0].label  # the reference: snndist with the encoding its loader picks
+    ours = contenders[0].label  # the reference: snndist as --encodings and --spike-products first name it
     flops = sum(train_step_flops(problem.spec, len(problem.y)).values())
     rate = statistics.median(timing.matmul_rates)
     floor_ms = 1000.0 * flops / rate
@@ -549,7 +554,9 @@ def header(args: argparse.Namespace) -> str:
         f"- date: {now}; machine: {machine}",
         f"- versions: {versions}",
         f"- command: `{command(args)}`",
-        f"- XLA_FLAGS (the same for every library: one process, one XLA): `{os.environ.get('XLA_FLAGS', '')}`",
+        f"- XLA_FLAGS (the same for every library: one process, one XLA): `{os.environ.get('XLA_FLAGS', '')}`; "
+        f"GLIBC_TUNABLES (snndist's huge pages, the same for every library): "
+        f"`{os.environ.get('GLIBC_TUNABLES', '')}`",
         (f"- ms/step: one full train step (forward, BPTT, Adam), its batch on the device, waited for; median over "
         f"{args.rounds} interleaved rounds of up to {args.steps} steps per library (a block stops after "
         f"{args.block_s:g} s). Identical initial weights and input spikes in every library; the step-0 loss "
@@ -562,6 +569,7 @@ def command(args: argparse.Namespace) -> str:
     line = (f"python scripts/bench_peers.py --configs {args.configs} --rounds {args.rounds} --steps {args.steps} "
             f"--block-s {args.block_s:g}")
     line += f" --encodings {args.encodings}" if args.encodings != "auto" else ""
+    line += f" --spike-products {args.spike_products}" if args.spike_products != "auto" else ""
     return line + (f" --peers {args.peers}" if args.peers != ",".join(PEERS) else "")
 
 
@@ -605,9 +613,12 @@ def main() -> None:
                         help="a library's block in a round stops after this many seconds (but 3 steps)")
     parser.add_argument("--encodings", default="auto",
                         help="snndist input paths to time, comma-separated: auto (the loader's choice), dense, events")
+    parser.add_argument("--spike-products", default="auto",
+                        help="snndist's train.spike_products to time, comma-separated: auto, f32, int8")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated: " + ", ".join(PEERS))
     parser.add_argument("--write", metavar="FILE", help="also write the tables between markers in FILE")
     args = parser.parse_args()
+    restart_with_huge_pages()  # as the snndist command runs; every library here shares the process
     names = args.configs.split(",")
     peers = [p for p in args.peers.split(",") if p]
     if unknown := set(names) - set(CONFIGS):
@@ -621,7 +632,8 @@ def main() -> None:
     for name in names:
         problem = load_problem(name)
         say(f"{problem.describe()}: building and compiling")
-        ours = [snndist_contender(problem, e) for e in args.encodings.split(",")]
+        ours = [snndist_contender(problem, e, p) for e in args.encodings.split(",")
+                for p in args.spike_products.split(",")]
         contenders = list({c.label: c for c in ours}.values()) + peer_contenders(problem, peers, skipped)
         timing = run_rounds(contenders, args.rounds, args.steps, args.block_s)
         spyx_expected = spyx_expected_loss(problem) if "spyx" in timing.losses else None

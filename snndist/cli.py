@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> int:
-    """The ``snndist`` command (and ``python -m snndist``): ``main``, then a quick exit."""
+    """``main``, then a quick exit: the ``snndist`` command and ``python -m snndist`` (``snndist.__main__``)."""
     code = main()
     # What is left at exit is the heap of JAX, W&B, Ray and Orbax, which the interpreter's last collections
     # would walk (0.6 s on 2 cores) just before the process gives all of it back. Frozen, it is not walked;

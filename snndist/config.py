@@ -48,6 +48,7 @@ Split = Literal["train", "valid", "test"]
 BestMode = Literal["min", "max"]
 Precision = Literal["f32", "bf16"]
 Products = Literal["auto", "in_loop", "batched"]
+SpikeProducts = Literal["auto", "f32", "int8"]
 MatmulPrecision = Literal["highest", "high", "default"]
 WandbMode = Literal["online", "offline", "disabled"]
 WandbOnError = Literal["offline", "disable", "fail"]
@@ -206,6 +207,11 @@ class TrainConfig:
     # all steps outside it (fast on accelerators); auto: in_loop on CPU, else batched. The same math.
     products: Products = resumable("auto")
     unroll: Optional[int] = resumable(None)  # time steps per iteration of the time loops; null: by platform
+    # The forward pass's products with a side of spikes (the recurrent spikes; in_loop, also bool input): f32,
+    # or int8: int8 products of the weights' 3 digits of a fixed point per column. The values agree to about
+    # f32's rounding (2^-24 of the column's largest weight); auto: int8 on CPUs with int8 dot instructions
+    # (x86 VNNI or AMX), where it is faster (BENCHMARKS.md), else f32.
+    spike_products: SpikeProducts = resumable("auto")
 
 
 # ------------------------------------------------------------ checkpoint, logging, cluster

@@ -55,6 +55,103 @@ def test_the_layers_own_backward_pass_equals_autodiff_of_the_scan(reset, recurre
         np.testing.assert_allclose(mine, autodiff, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+@pytest.mark.parametrize("recurrent", [True, False])
+@pytest.mark.parametrize("inputs", ["data", "spikes", "drive"])
+def test_int8_spike_products_are_as_close_to_float64_as_f32s(reset, recurrent, inputs):
+    lif = LIFSpec.create(dt_ms=1.0, tau_mem_ms=8.0, tau_syn_ms=4.0, threshold=1.0, v_reset=-0.2, v_rest=0.1,
+                         resistance=1.3, reset=reset)
+    spike = make_spike_fn("fast_sigmoid")
+    k = jax.random.split(jax.random.PRNGKey(1), 8)
+    steps, batch, n_in, n = 30, 6, 50, 20
+    w, b = 0.5 * jax.random.normal(k[6], (n_in, n)), 0.1 * jax.random.normal(k[7], (n,))
+    if inputs == "data":  # bool spikes, whose product with w is int8 too
+        x = jax.random.bernoulli(k[0], 0.2, (steps, batch, n_in))
+    elif inputs == "spikes":  # a layer below's float spikes: an f32 product, and a gradient to pass down
+        x = jax.random.bernoulli(k[0], 0.2, (steps, batch, n_in)).astype(jnp.float32)
+    else:  # the drive itself (event input)
+        x, w, b = 0.8 * jax.random.normal(k[0], (steps, batch, n)) + 0.6, None, None
+    w_rec = 0.5 * jax.random.normal(k[1], (n, n)) if recurrent else None
+    start = LIFState(*(jax.random.normal(key, (batch, n)) for key in jax.random.split(k[2], 3)))
+    start = start._replace(s=(start.s > 0.5).astype(jnp.float32))
+    g_u, g_s = jax.random.normal(k[3], (steps, batch, n)), jax.random.normal(k[4], (steps, batch, n))
+    g_last = LIFState(*(jax.random.normal(key, (batch, n)) for key in jax.random.split(k[5], 3)))
+    differentiable = (x, w, b, w_rec, start) if inputs != "data" else (w, b, w_rec, start)
+
+    def pulled(spec, dtype):
+        cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype) if a.dtype != jnp.bool_ else a, tree)
+        layer = lambda *a: lif_layer(spec, spike, inputs == "spikes", *((x,) if inputs == "data" else ()), *a)
+        (u, s, last), vjp = jax.vjp(layer, *cast(differentiable))
+        return jax.tree.leaves(((u, last), vjp(cast((g_u, g_s, g_last))))), s
+
+    with jax.enable_x64(True):  # the float64 layer is the reference; the int8 path is float32's only
+        exact, spikes = pulled(lif._replace(int8_spikes=True), jnp.float64)
+        exact, spikes = [np.asarray(a) for a in exact], np.asarray(spikes)
+    plain, plain_spikes = pulled(lif, jnp.float32)
+    ours, our_spikes = pulled(lif._replace(int8_spikes=True), jnp.float32)
+    assert float(spikes.mean()) > 0.05, "the layer must spike for the check to mean anything"
+    np.testing.assert_array_equal(our_spikes, spikes)
+    np.testing.assert_array_equal(plain_spikes, spikes)
+    if inputs == "data" or recurrent:
+        assert any(not np.array_equal(a, b) for a, b in zip(ours, plain)), "the int8 path must run"
+    else:  # no int8 product: float inputs (a layer below's spikes) or a drive, and no recurrence
+        for a, b in zip(ours, plain):
+            np.testing.assert_array_equal(a, b)
+    for mine, f32, reference in zip(ours, plain, exact):
+        f32_error = np.abs(np.asarray(f32, np.float64) - reference).max()
+        my_error = np.abs(np.asarray(mine, np.float64) - reference).max()
+        # 4x f32's own error, or 2^-20 of the largest value where f32 gets a sum of a few terms all but exact
+        assert my_error <= max(4 * f32_error, 2**-20 * np.abs(reference).max()), (my_error, f32_error)
+
+
+def test_int8_digit_products_are_bounded_by_the_fixed_point_and_keep_non_finite_values():
+    from snndist.model.precision import int8_digits, spikes_times
+
+    rng = np.random.default_rng(3)
+    spikes = rng.random((40, 300)) < 0.3
+    a = rng.standard_normal((300, 24)) * np.logspace(-3, 3, 24)  # columns of very different sizes
+    a[:, 5] = 0.0
+    exact = spikes.astype(np.float64) @ a
+    a32 = jnp.asarray(a, jnp.float32)
+    ours = np.asarray(spikes_times(jnp.asarray(spikes, jnp.int8), *int8_digits(a32)), np.float64)
+    # Each value rounded to 2^-24 of its column's largest (the f32 input's own rounding included), over the
+    # spikes of a row; then f32's rounding of the three digits' sum.
+    bound = 2**-23 * np.abs(a).max(axis=0) * spikes.sum(axis=1, keepdims=True) + 2**-22 * np.abs(exact)
+    assert (np.abs(ours - exact) <= bound).all()
+    assert (ours[:, 5] == 0).all()
+    for bad in (np.nan, np.inf):
+        a32 = jnp.asarray(a, jnp.float32).at[7, 2].set(bad)
+        out = np.asarray(spikes_times(jnp.asarray(spikes, jnp.int8), *int8_digits(a32)))
+        assert not np.isfinite(out[:, 2]).any(), "a non-finite value must not vanish into the digits"
+        np.testing.assert_array_equal(np.delete(out, 2, axis=1), np.delete(ours, 2, axis=1).astype(np.float32))
+
+
+def test_the_networks_int8_spike_products_give_f32s_loss_and_gradients():
+    overrides = ["data.num_inputs=64", "data.timesteps=40", "model.layers[0].size=32",
+                 "model.layers[1]={size: 16, recurrent: true, reset: hard}"]
+    f32 = network_spec(load_config("configs/bench_shd.yaml", [*overrides, "train.spike_products=f32"]))
+    int8 = network_spec(load_config("configs/bench_shd.yaml", [*overrides, "train.spike_products=int8"]))
+    assert {l.lif.int8_spikes for l in int8.layers} == {True} and {l.lif.int8_spikes for l in f32.layers} == {False}
+    params = init_params(jax.random.PRNGKey(13), f32)
+    x = jax.random.bernoulli(jax.random.PRNGKey(14), 0.1, (16, 40, 64))
+    y = jnp.arange(16) % f32.num_classes
+    _assert_same_loss_and_gradients(f32, int8, params, x, y, of_largest=1e-5)
+
+
+def test_int8_spike_products_are_chosen_on_cpus_with_int8_dot_instructions():
+    from snndist.train.spec import int8_dot_instructions
+
+    int8 = lambda cfg, **kw: {l.lif.int8_spikes for l in network_spec(cfg, **kw).layers}
+    auto = load_config("configs/bench_shd.yaml")
+    assert auto.train.spike_products == "auto"
+    assert int8(auto, platform="cpu") == {int8_dot_instructions()}
+    assert int8(auto, platform="gpu") == {False}
+    chosen = load_config("configs/bench_shd.yaml", ["train.spike_products=int8"])
+    assert int8(chosen, platform="gpu") == {True}
+    # A smooth spike function of a test's own makes spikes that are not 0s and 1s.
+    assert int8(chosen, platform="cpu", spike_fn=jax.nn.sigmoid) == {False}
+
+
 @pytest.mark.parametrize("reduce", ["mean", "last", "max"])
 def test_readout_in_closed_form_equals_the_integrated_trace(reduce):
     cfg = load_config("configs/tutorial.yaml", ["data.timesteps=60", "data.rate_hz=80",
@@ -153,11 +250,7 @@ def test_the_accelerators_time_loop_gives_the_networks_loss_and_gradients():
     params = init_params(jax.random.PRNGKey(11), cpu)
     x = jax.random.bernoulli(jax.random.PRNGKey(12), 0.2, (6, 30, 40))
     y = jnp.arange(6) % cpu.num_classes
-    (loss0, grads0), (loss1, grads1) = (jax.jit(jax.value_and_grad(lambda p: loss_fn(p, x, y, spec)[0]))(params)
-                                        for spec in (cpu, gpu))
-    np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads0)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    _assert_same_loss_and_gradients(cpu, gpu, params, x, y, atol=1e-6)
 
 
 def test_sums_with_written_gradients_equal_autodiff_of_the_plain_sums():
@@ -175,3 +268,12 @@ def test_sums_with_written_gradients_equal_autodiff_of_the_plain_sums():
     plain = jax.vjp(lambda x: jnp.einsum("t,tbn->bn", c, x), x)
     np.testing.assert_allclose(ours[0], plain[0], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(ours[1](g[0])[0], plain[1](g[0])[0], rtol=1e-6, atol=1e-6)
+
+
+def _assert_same_loss_and_gradients(reference, other, params, x, y, atol=0.0, of_largest=0.0):
+    """The two specs' loss to 1e-6, their gradients to 1e-4 plus ``atol`` or ``of_largest`` of the largest."""
+    (loss0, grads0), (loss1, grads1) = (jax.jit(jax.value_and_grad(lambda p: loss_fn(p, x, y, spec)[0]))(params)
+                                        for spec in (reference, other))
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads0)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(atol, of_largest * float(jnp.abs(b).max())))

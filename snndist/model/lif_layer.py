@@ -20,6 +20,13 @@ product before the loop, and the weight and input gradients
 (``X^T dI``, ``S_{t-1}^T dI``, ``dI W^T``) one product each after it; the
 loop keeps only the recurrent ``dI V^T``.
 
+The forward pass's products with a side of spikes, ``x_t W`` for bool data
+and ``s_{t-1} V``, can run as int8 products of the weights' digits
+(``LIFSpec.int8_spikes``, ``precision.spikes_times``). The weight gradients
+``[x_t, 1, s_{t-1}]^T dI_t`` have such a side too, but there the digits of
+``dI_t``, made at every step, cost about what the int8 product saves
+(BENCHMARKS.md): they stay float.
+
 The layer starts from a given state and also returns its last one, so that
 time can be cut into chunks (``train.remat``). Going back through time, step
 ``t`` receives the cotangent of its state ``(c_I, c_U, c_s)`` from step
@@ -43,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from snndist.model.neurons import LIFSpec, LIFState, after_reset, integrate, lif_step, spike
-from snndist.model.precision import matmul
+from snndist.model.precision import int8_digits, matmul, spikes_times
 from snndist.model.sums import sum_leading
 from snndist.model.surrogate import SpikeFn
 
@@ -57,6 +64,12 @@ def _drive(lif: LIFSpec, inputs_t: jax.Array, w: Optional[jax.Array], b: Optiona
         return inputs_t
     product = matmul(inputs_t.astype(w.dtype), w, lif.matmul_dtype)  # [batch, n] or [T, batch, n]
     return product + b[(None,) * (product.ndim - 1)]
+
+
+def _int8(lif: LIFSpec, other: Optional[jax.Array]) -> bool:
+    """Whether products of spikes with ``other`` run as int8 digit products: asked for
+    (``LIFSpec.int8_spikes``), and ``other`` float32, whose precision the digits keep."""
+    return lif.int8_spikes and other is not None and other.dtype == jnp.float32
 
 
 def scanned_layer(lif: LIFSpec, spike_fn: SpikeFn, input_grad: bool, inputs: jax.Array, w: Optional[jax.Array],
@@ -89,10 +102,19 @@ def _walk_forward(lif: LIFSpec, spike_fn: SpikeFn, inputs: jax.Array, w: Optiona
     if lif.batched_products and w is not None:
         inputs, w, b = _drive(lif, inputs, w, b), None, None
     recurrent = w_rec is not None
+    w_digits = int8_digits(w) if _int8(lif, w) and inputs.dtype == jnp.bool_ else None
+    v_digits = int8_digits(w_rec) if _int8(lif, w_rec) else None
 
     def step(carry, inputs_t):
         i, u_reset, s = carry
-        i, u = integrate(lif, w_rec, i, u_reset, s, _drive(lif, inputs_t, w, b))
+        if w_digits is None:
+            drive = _drive(lif, inputs_t, w, b)
+        else:
+            drive = spikes_times(inputs_t.astype(jnp.int8), *w_digits) + b[None]
+        if v_digits is None:
+            i, u = integrate(lif, w_rec, i, u_reset, s, drive)
+        else:
+            i, u = integrate(lif, None, i, u_reset, s, drive + spikes_times(s.astype(jnp.int8), *v_digits))
         s = spike(lif, spike_fn, u)
         return (i, after_reset(lif, u, s), s if recurrent else None), u
 

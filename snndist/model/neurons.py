@@ -27,12 +27,16 @@ class LIFSpec(NamedTuple):
     # iteration.
     batched_products: bool = False
     unroll: int = 1
+    # The forward pass's products with a side of spikes (bool inputs, the recurrent spikes) as int8 digit
+    # products (precision.spikes_times): float32's values to about its rounding.
+    int8_spikes: bool = False
 
     @classmethod
     def create(cls, *, dt_ms, tau_mem_ms, tau_syn_ms, threshold=1.0, v_reset=0.0, v_rest=0.0, resistance=1.0,
-               reset="soft", matmul_dtype=None, batched_products=False, unroll=1) -> "LIFSpec":
+               reset="soft", matmul_dtype=None, batched_products=False, unroll=1,
+               int8_spikes=False) -> "LIFSpec":
         return cls(math.exp(-dt_ms / tau_syn_ms), math.exp(-dt_ms / tau_mem_ms), threshold,
-                   v_reset, v_rest, resistance, reset == "soft", matmul_dtype, batched_products, unroll)
+                   v_reset, v_rest, resistance, reset == "soft", matmul_dtype, batched_products, unroll, int8_spikes)
 
 
 class LIFState(NamedTuple):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional
 
 import jax
@@ -16,25 +17,40 @@ from snndist.model.surrogate import SpikeFn, make_spike_fn
 # train.unroll's default on accelerators, where each loop iteration costs launches: measured on an H200
 # (BENCHMARKS.md, "On a GPU"). On CPUs unrolling only grows the program.
 ACCELERATOR_UNROLL = 10
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo's names
+
+
+def int8_dot_instructions() -> bool:
+    """Whether this machine's CPU has int8 dot-product instructions (x86 VNNI or AMX), for which XLA's int8
+    products run at several times its f32 rate."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux
+        return False
+    return any(flag in flags for flag in INT8_DOT_FLAGS)
 
 
 def network_spec(cfg: Config, spike_fn: SpikeFn | None = None, platform: Optional[str] = None) -> NetworkSpec:
     """The spec of ``cfg``'s network; ``spike_fn`` overrides the configured surrogate (tests use a smooth one).
 
-    ``platform`` (cpu, gpu, tpu; default: JAX's default backend here) picks ``train.products`` and
-    ``train.unroll`` where they are left to it.
+    ``platform`` (cpu, gpu, tpu; default: JAX's default backend here) picks ``train.products``,
+    ``train.unroll`` and ``train.spike_products`` where they are left to it.
     """
     m, d, t = cfg.model, cfg.data, cfg.train
     matmul_dtype = MATMUL_DTYPES[t.precision]
     on_cpu = (platform or jax.default_backend()) == "cpu"
     batched = t.products == "batched" or (t.products == "auto" and not on_cpu)
     unroll = t.unroll or (1 if on_cpu else ACCELERATOR_UNROLL)
+    # A spike_fn of the tests' own may be smooth: its spikes are not 0s and 1s.
+    int8_spikes = spike_fn is None and (t.spike_products == "int8" or (
+        t.spike_products == "auto" and on_cpu and int8_dot_instructions()))
     layers = tuple(
         LayerSpec(size=l.size, recurrent=l.recurrent,
                   lif=LIFSpec.create(dt_ms=d.dt_ms, tau_mem_ms=l.tau_mem_ms, tau_syn_ms=l.tau_syn_ms,
                                      threshold=l.threshold, v_reset=l.v_reset, v_rest=l.v_rest,
                                      resistance=l.resistance, reset=l.reset, matmul_dtype=matmul_dtype,
-                                     batched_products=batched, unroll=unroll),
+                                     batched_products=batched, unroll=unroll,
+                                     int8_spikes=int8_spikes),
                   init=Init(l.init, l.init_scale), rec_init=Init(l.init, l.rec_init_scale),
                   rate_reg=RateReg(l.rate_reg.strength, l.rate_reg.low_hz, l.rate_reg.high_hz))
         for l in m.layers)
