@@ -16,7 +16,6 @@ A run stopped by SIGTERM/SIGINT saves a checkpoint and exits with code 75.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import typing
@@ -252,17 +251,3 @@ def main(argv: list[str] | None = None) -> int:
     except SnndistError as err:
         print(f"snndist: error: {err}", file=sys.stderr)
         return err.exit_code
-
-
-def run() -> int:
-    """``main``, then a quick exit: the ``snndist`` command and ``python -m snndist`` (``snndist.__main__``)."""
-    code = main()
-    # What is left at exit is the heap of JAX, W&B, Ray and Orbax, which the interpreter's last collections
-    # would walk (0.6 s on 2 cores) just before the process gives all of it back. Frozen, it is not walked;
-    # the atexit handlers (W&B's, Ray's) still run.
-    gc.freeze()
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(run())

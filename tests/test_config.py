@@ -185,9 +185,9 @@ def test_help_lists_and_describes_every_command():
 
 def test_the_command_keeps_its_exit_code_and_message_and_exits_with_its_heap_frozen(tmp_path):
     # The interpreter's last collections then skip what the command loaded (0.6 s of a train's exit).
-    script = ("import gc, sys; from snndist import cli; "
+    script = ("import gc, sys; from snndist.__main__ import main; "
               "sys.argv = ['snndist', 'train', '--config', sys.argv[1], '--local']; "
-              "code = cli.run(); print(gc.get_freeze_count() > 1000); sys.exit(code)")
+              "code = main(); print(gc.get_freeze_count() > 1000); sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "nope.yaml")], capture_output=True,
                           text=True, timeout=120)
     _assert_one_line_exit_2(done, "nope.yaml: config file not found")
