@@ -35,6 +35,7 @@ from snndist.data.datasets import make_dataset  # noqa: E402
 from snndist.data.loader import SampleLoader  # noqa: E402
 from snndist.data.order import plan_shards  # noqa: E402
 from snndist.train.replica import Replica  # noqa: E402
+from snndist.train.spec import network_spec  # noqa: E402
 from snndist.train.step import Layout  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def nmnist_files(root: Path, recordings: int) -> None:
 def loader_rates(cfg, shard: int) -> tuple[float, float]:
     """(cold, cached) samples/s of one pass over the training split, ``shard`` samples a call."""
     dataset = make_dataset(cfg.data, "train")
-    loader = SampleLoader(dataset, cfg.data, say=lambda _: None)
+    loader = SampleLoader(dataset, cfg.data, network_spec(cfg).layers[0], say=lambda _: None)
     rates = []
     for _ in range(2):
         began = time.perf_counter()

@@ -105,8 +105,9 @@ class Problem:
                 f"batch {len(self.y)}, input density {input_density(self.cfg):g}, Adam lr {self.cfg.train.lr:g}")
 
 
-def load_problem(name: str) -> Problem:
-    cfg = load_config(CONFIGS[name], OVERRIDES)
+def load_problem(name: str, overrides: tuple[str, ...] = ()) -> Problem:
+    """``name``'s config (``CONFIGS``) with the comparison's ``OVERRIDES``, then ``overrides``."""
+    cfg = load_config(CONFIGS[name], OVERRIDES + tuple(overrides))
     spec = network_spec(cfg)
     check_seed_network(cfg, spec)
     rng, batch, d = np.random.default_rng(DATA_SEED), cfg.train.global_batch, cfg.data
@@ -184,7 +185,7 @@ def snndist_contender(problem: Problem, encoding: str, spike_products: str) -> C
     train_step = make_train_step(spec, optimizer, schedule, layout)
     # The encoding snndist's loader picks for this data (``auto``), or the one asked for.
     data_cfg = dataclasses.replace(cfg.data, encoding=encoding)
-    chosen, _ = choose_encoding(data_cfg, make_dataset(data_cfg, "train", cfg.train.seed))
+    chosen, _ = choose_encoding(data_cfg, make_dataset(data_cfg, "train", cfg.train.seed), spec.layers[0])
     # The capacity training would give these samples: their largest one's events (synthetic data's rule).
     x = to_events(problem.x, capacity_of(problem.x)) if chosen == "events" else problem.x
     x = jax.tree.map(lambda a: jax.device_put(a, layout.batch), x)

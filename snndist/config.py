@@ -150,7 +150,8 @@ class DataConfig:
     num_samples: int = 256  # synthetic: samples per split
     seed: Optional[int] = None  # synthetic, encoded: which spikes (i depends on (seed, i) only); None: train.seed
     shuffle: bool = True  # a new sample order every epoch
-    # events (sparse lists), dense (rasters), auto: events below 2% density; the same math either way
+    # events (sparse lists), dense (rasters), auto: events below a density that falls with the first layer's
+    # size (data/loader.py's events_pay, measured); the same math either way
     encoding: Encoding = resumable("auto")
     max_events: int = 0  # events per sample for the events encoding; 0: derived from the data where it can be
 
@@ -209,8 +210,8 @@ class TrainConfig:
     unroll: Optional[int] = resumable(None)  # time steps per iteration of the time loops; null: by platform
     # The forward pass's products with a side of spikes (the recurrent spikes; in_loop, also bool input): f32,
     # or int8: int8 products of the weights' 3 digits of a fixed point per column. The values agree to about
-    # f32's rounding (2^-24 of the column's largest weight); auto: int8 on CPUs with int8 dot instructions
-    # (x86 VNNI or AMX), where it is faster (BENCHMARKS.md), else f32.
+    # f32's rounding (2^-24 of the column's largest weight); auto: int8 on CPUs with AMX int8 tiles, where it is
+    # faster (BENCHMARKS.md), else f32.
     spike_products: SpikeProducts = resumable("auto")
 
 

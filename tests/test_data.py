@@ -1,4 +1,6 @@
 """Samples are addressable by index; the order and the event encoding lose nothing."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -8,8 +10,14 @@ from snndist.data.order import batch_indices, data_position, plan_shards
 from snndist.data import synthetic
 from snndist.data.events import bernoulli_capacity, to_events
 from snndist.model.inputs import SpikeEvents
-from snndist.data.loader import SampleLoader
+from snndist.data.loader import SampleLoader, events_pay
 from snndist.errors import DataError
+from snndist.train.spec import network_spec
+
+
+
+def _first_layer(cfg):
+    return network_spec(cfg).layers[0]
 
 
 def _dataset(*overrides, split="train"):
@@ -90,7 +98,7 @@ def test_synthetic_capacity_is_its_largest_sample_and_a_bound_past_the_counting_
 
 def test_loader_caches_and_encodes():
     cfg, ds = _dataset()
-    loader = SampleLoader(ds, cfg.data)
+    loader = SampleLoader(ds, cfg.data, _first_layer(cfg))
     assert loader.encoding == "events"
     x1, y1, _ = loader.load(np.array([5, 9]))
     x2, y2, _ = loader.load(np.array([9, 5, 30]))
@@ -98,10 +106,28 @@ def test_loader_caches_and_encodes():
     np.testing.assert_array_equal(y1, y2[[1, 0]])
     raw, _, _ = ds.load(np.array([30]))
     np.testing.assert_array_equal(_to_dense(SpikeEvents(x2.times[2:], x2.units[2:]), 200, 100), raw)
-    dense = SampleLoader(ds, load_config("configs/tutorial.yaml", ["data.encoding=dense"]).data)
+    dense = SampleLoader(ds, dataclasses.replace(cfg.data, encoding="dense"), _first_layer(cfg))
     np.testing.assert_array_equal(dense.load(np.array([30]))[0], raw)
-    uncached = SampleLoader(ds, cfg.data, cache_bytes=0)
+    uncached = SampleLoader(ds, cfg.data, _first_layer(cfg), cache_bytes=0)
     np.testing.assert_array_equal(uncached.load(np.array([9]))[0].units, x1.units[1:])
+
+
+# (first layer's neurons, density, events / dense ms) measured by scripts/bench_input_paths.py with f32
+# products (BENCHMARKS.md), away from the crossover: auto must pick the faster path at each.
+MEASURED = [(4, 0.05, 0.24), (4, 0.1, 0.56), (64, 0.02, 0.82), (64, 0.05, 1.27), (32, 0.02, 0.51),
+            (32, 0.05, 1.06), (256, 0.01, 0.72), (256, 0.05, 1.55)]
+
+
+@pytest.mark.parametrize("neurons, density, ratio", MEASURED)
+def test_auto_picks_the_input_path_that_was_faster(neurons, density, ratio):
+    assert events_pay(density, neurons, int8_products=False) == (ratio < 1)
+
+
+def test_int8_products_move_the_crossover_down():
+    """Int8 products of a bool raster with AMX tiles: dense was even with events at 0.3-0.7% on the SHD
+    network and 14% faster at 1%; events stayed 3-8x faster on the tutorial's up to 2%."""
+    assert events_pay(0.002, 256, True) and not events_pay(0.01, 256, True)
+    assert events_pay(0.02, 4, True)
 
 
 def test_prefetch_reads_each_sample_once():
@@ -124,7 +150,7 @@ def test_prefetch_reads_each_sample_once():
             return ds.load(indices)
 
     counting = Counting()
-    loader = SampleLoader(counting, cfg.data)
+    loader = SampleLoader(counting, cfg.data, _first_layer(cfg))
     loader.prefetch(np.array([4, 2, 4]))
     x, y, _ = loader.load(np.array([2, 7, 4]))
     assert counting.asked == [[2, 4], [7]], "prefetched samples come from the cache"

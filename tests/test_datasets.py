@@ -18,6 +18,7 @@ from snndist.data.loader import SampleLoader
 from snndist.data.nmnist import read_recording
 from snndist.data.order import batch_indices, plan_shards
 from snndist.errors import DataError
+from snndist.train.spec import network_spec
 
 REPO = Path(__file__).resolve().parent.parent
 NMNIST_SAMPLE = Path(__file__).parent / "data" / "nmnist_sample.bin"
@@ -28,6 +29,7 @@ CLI = [sys.executable, "-m", "snndist"]
 SHD_TIMES = [[0.0005, 0.0015, 0.0019, 0.0123, 0.5], [], [0.0021, 0.0022, 0.0027]]
 SHD_UNITS = [[3, 3, 699, 10, 5], [], [7, 7, 7]]
 SHD_LABELS = [1, 0, 19]
+SHD_FIRST_LAYER = network_spec(load_config("configs/bench_shd.yaml")).layers[0]  # picks the input encoding
 
 
 def _data(**fields):
@@ -195,12 +197,12 @@ def test_events_encoding_keeps_counts():
 def test_events_encoding_needs_a_bound_for_recordings(tmp_path):
     write_shd(tmp_path / "shd_train.h5", SHD_TIMES, SHD_UNITS, SHD_LABELS)
     cfg = _data(kind="shd", path=tmp_path)
-    assert SampleLoader(make_dataset(cfg), cfg).encoding == "dense", "auto: no bound known, so dense"
+    assert SampleLoader(make_dataset(cfg), cfg, SHD_FIRST_LAYER).encoding == "dense", "auto: no bound known, so dense"
     events = _data(kind="shd", path=tmp_path, encoding="events")
     with pytest.raises(DataError, match="data.encoding=events needs data.max_events"):
-        SampleLoader(make_dataset(events), events)
+        SampleLoader(make_dataset(events), events, SHD_FIRST_LAYER)
     bounded = _data(kind="shd", path=tmp_path, encoding="events", max_events=8)
-    x, _, _ = SampleLoader(make_dataset(bounded), bounded).load(np.array([0]))
+    x, _, _ = SampleLoader(make_dataset(bounded), bounded, SHD_FIRST_LAYER).load(np.array([0]))
     assert sorted(zip(x.times[0][:3].tolist(), x.units[0][:3].tolist())) == [(0, 3), (1, 3), (1, 699)]
 
 

@@ -138,13 +138,13 @@ def test_the_networks_int8_spike_products_give_f32s_loss_and_gradients():
     _assert_same_loss_and_gradients(f32, int8, params, x, y, of_largest=1e-5)
 
 
-def test_int8_spike_products_are_chosen_on_cpus_with_int8_dot_instructions():
-    from snndist.train.spec import int8_dot_instructions
+def test_int8_spike_products_are_chosen_on_cpus_with_int8_matrix_units():
+    from snndist.train.spec import int8_matrix_units
 
     int8 = lambda cfg, **kw: {l.lif.int8_spikes for l in network_spec(cfg, **kw).layers}
     auto = load_config("configs/bench_shd.yaml")
     assert auto.train.spike_products == "auto"
-    assert int8(auto, platform="cpu") == {int8_dot_instructions()}
+    assert int8(auto, platform="cpu") == {int8_matrix_units()}
     assert int8(auto, platform="gpu") == {False}
     chosen = load_config("configs/bench_shd.yaml", ["train.spike_products=int8"])
     assert int8(chosen, platform="gpu") == {True}

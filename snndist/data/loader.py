@@ -15,25 +15,47 @@ from snndist.config import DataConfig
 from snndist.data.events import to_events
 from snndist.errors import DataError
 from snndist.model.inputs import SpikeEvents
+from snndist.model.network import LayerSpec
 
-DENSE_BELOW = 0.02  # "auto" encodes as events below this input density
+# "auto" encodes as events below a density that falls with the first layer's size: an event costs a few
+# fixed operations plus a row of weights, while the dense product's cost per input barely shrinks with a
+# narrow layer (at 4 neurons it is mostly the per-input work). Fitted to the crossovers that
+# scripts/bench_input_paths.py measured with f32 products on a 2-core AMD EPYC (BENCHMARKS.md): 4 neurons
+# ~20%, 32 ~4.7%, 64 ~3.5%, 256 ~2.2%.
+EVENTS_BELOW_WIDE = 0.02  # the crossover of a wide layer
+EVENTS_BELOW_PER_NEURON = 0.72  # / the first layer's size, added to it
+# Int8 products of a bool raster (train.spike_products) make the dense path cheaper: with AMX tiles the SHD
+# network's crossover was 0.3-0.7% against 2.2% in f32.
+INT8_DENSE_GAIN = 4
 
 
-def choose_encoding(cfg: DataConfig, dataset) -> tuple[str, int]:
-    """``(encoding, event capacity)``; events need a capacity, from the config or the dataset."""
+def events_pay(density: float, layer_size: int, int8_products: bool) -> bool:
+    """Whether event lists beat the dense raster as the input of a first layer of ``layer_size`` neurons."""
+    below = EVENTS_BELOW_WIDE + EVENTS_BELOW_PER_NEURON / layer_size
+    return density < (below / INT8_DENSE_GAIN if int8_products else below)
+
+
+def choose_encoding(cfg: DataConfig, dataset, first: LayerSpec) -> tuple[str, int]:
+    """``(encoding, event capacity)`` of ``dataset`` as the input of the network's ``first`` layer; events
+    need a capacity, from the config or the dataset."""
     capacity = cfg.max_events or dataset.max_events or 0
     if cfg.encoding == "events" and not capacity:
         raise DataError(f"{dataset.name}: data.encoding=events needs data.max_events here (a bound on the "
                         "spikes per sample, which only reading every sample would tell); or use dense")
     if cfg.encoding != "auto":
         return cfg.encoding, capacity
-    return ("events" if capacity and dataset.density < DENSE_BELOW else "dense"), capacity
+    # A bool raster's products run in int8 inside the time loop only (train.products: in_loop).
+    int8 = first.lif.int8_spikes and not first.lif.batched_products and dataset.dtype == np.bool_
+    pay = capacity and events_pay(dataset.density, first.size, int8)
+    return ("events" if pay else "dense"), capacity
 
 
 class SampleLoader:
-    def __init__(self, dataset, cfg: DataConfig, cache_bytes: int = 2**30, say: Callable[[str], None] = print):
+    def __init__(self, dataset, cfg: DataConfig, first: LayerSpec, cache_bytes: int = 2**30,
+                 say: Callable[[str], None] = print):
+        """``first``: the network's first layer, whose shape picks the encoding (``choose_encoding``)."""
         self.dataset, self.say = dataset, say
-        self.encoding, self.capacity = choose_encoding(cfg, dataset)
+        self.encoding, self.capacity = choose_encoding(cfg, dataset, first)
         self.window_ms = cfg.timesteps * cfg.dt_ms
         self._warned = False
         n, t, c = len(dataset), dataset.timesteps, dataset.num_inputs

@@ -25,8 +25,8 @@ def matmul(a: jax.Array, b: jax.Array, dtype: Optional[jnp.dtype]) -> jax.Array:
 # Products with a side of spikes (0 or 1) as int8 products: the other side, per column, as a fixed-point
 # number of 3 balanced base-256 digits. The 0/1 side times each digit sums exactly in int32, so the only
 # rounding is the fixed point's, at most 2^-24 of the column's largest value (f32's own is 2^-24 of each
-# product and partial sum). XLA's CPU int8 products (VNNI) run at about 5x its f32 rate, so three of them
-# beat one f32 product (BENCHMARKS.md).
+# product and partial sum). XLA's CPU int8 products run at about 5x its f32 rate with AMX tiles, so three of
+# them beat one f32 product there (BENCHMARKS.md; not with AVX-512 VNNI alone).
 DIGITS = 3
 # The largest value's fixed point: below the 127 * (1 + 256 + 256^2) = 8,355,711 that 3 balanced digits
 # reach, with room for the division's rounding.

@@ -57,7 +57,7 @@ class Replica:
     def loader(self, split: str) -> SampleLoader:
         if split not in self._loaders:
             dataset = make_dataset(self.cfg.data, split, self.cfg.train.seed)
-            self._loaders[split] = SampleLoader(dataset, self.cfg.data)
+            self._loaders[split] = SampleLoader(dataset, self.cfg.data, self.spec.layers[0])
         return self._loaders[split]
 
     def num_samples(self, split: str = "train") -> int:

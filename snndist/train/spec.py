@@ -17,17 +17,20 @@ from snndist.model.surrogate import SpikeFn, make_spike_fn
 # train.unroll's default on accelerators, where each loop iteration costs launches: measured on an H200
 # (BENCHMARKS.md, "On a GPU"). On CPUs unrolling only grows the program.
 ACCELERATOR_UNROLL = 10
-INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo's names
 
 
-def int8_dot_instructions() -> bool:
-    """Whether this machine's CPU has int8 dot-product instructions (x86 VNNI or AMX), for which XLA's int8
-    products run at several times its f32 rate."""
+def int8_matrix_units() -> bool:
+    """Whether this machine's CPU has AMX tiles for int8 (``amx_int8`` in /proc/cpuinfo).
+
+    The int8 spike products do 3 products (one a digit) where f32 does one, so they pay only where XLA's
+    int8 rate is well above 3x its f32 rate: with AMX about 5x; with AVX-512 VNNI alone (an AMD EPYC) 1.5x,
+    and the SHD step 1.4x slower in int8 (BENCHMARKS.md).
+    """
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:  # not Linux
         return False
-    return any(flag in flags for flag in INT8_DOT_FLAGS)
+    return "amx_int8" in flags
 
 
 def network_spec(cfg: Config, spike_fn: SpikeFn | None = None, platform: Optional[str] = None) -> NetworkSpec:
@@ -43,7 +46,7 @@ def network_spec(cfg: Config, spike_fn: SpikeFn | None = None, platform: Optiona
     unroll = t.unroll or (1 if on_cpu else ACCELERATOR_UNROLL)
     # A spike_fn of the tests' own may be smooth: its spikes are not 0s and 1s.
     int8_spikes = spike_fn is None and (t.spike_products == "int8" or (
-        t.spike_products == "auto" and on_cpu and int8_dot_instructions()))
+        t.spike_products == "auto" and on_cpu and int8_matrix_units()))
     layers = tuple(
         LayerSpec(size=l.size, recurrent=l.recurrent,
                   lif=LIFSpec.create(dt_ms=d.dt_ms, tau_mem_ms=l.tau_mem_ms, tau_syn_ms=l.tau_syn_ms,
