@@ -105,7 +105,6 @@ def main() -> None:
     print("\n" + body)
     if args.write:
         write_section(Path(args.write), body, "bench_end_to_end")
-        print(f"wrote the table to {args.write}")
 
 
 if __name__ == "__main__":

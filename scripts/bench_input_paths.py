@@ -91,7 +91,6 @@ def main() -> None:
     print("\n" + body)
     if args.write:
         write_section(Path(args.write), body, "bench_input_paths")
-        say(f"wrote the table to {args.write}")
 
 
 if __name__ == "__main__":

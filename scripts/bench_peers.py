@@ -592,7 +592,7 @@ def cpu_model() -> str:
 
 def write_section(path: Path, body: str, name: str = "bench_peers") -> None:
     """Put ``body`` between the markers ``<!-- name -->`` and ``<!-- /name -->`` in ``path``: replacing the
-    marked section there, else appending it."""
+    marked section there, else appending it; says so."""
     begin, end_mark = f"<!-- {name} -->", f"<!-- /{name} -->"
     section = f"{begin}\n{body}\n{end_mark}"
     text = path.read_text() if path.exists() else ""
@@ -602,6 +602,7 @@ def write_section(path: Path, body: str, name: str = "bench_peers") -> None:
     else:
         text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section + "\n"
     path.write_text(text)
+    say(f"wrote {name}'s tables to {path}")
 
 
 # ------------------------------------------------------------------------ main
@@ -645,7 +646,6 @@ def main() -> None:
         print("\n".join(skipped))
     if args.write:
         write_section(Path(args.write), "\n\n".join(sections))
-        say(f"wrote the tables to {args.write}")
 
 
 if __name__ == "__main__":
