@@ -9,7 +9,7 @@ import sys
 
 #: pyproject.toml's dependencies, as ``import name: distribution`` (a test keeps the two in step).
 IMPORTS = {
-    "jax": "jax", "jaxlib": "jaxlib", "numpy": "numpy", "optax": "optax", "ray": "ray",
+    "jax": "jax", "jaxlib": "jaxlib", "ml_dtypes": "ml_dtypes", "numpy": "numpy", "optax": "optax", "ray": "ray",
     "orbax.checkpoint": "orbax-checkpoint", "wandb": "wandb", "yaml": "pyyaml", "matplotlib": "matplotlib",
     "rich": "rich", "etils": "etils", "gcsfs": "gcsfs", "h5py": "h5py", "sklearn": "scikit-learn",
     "filelock": "filelock",

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from raynodes import VENV_BIN, ray_env, remove, start_head, wait_for_jobs_api
 
+from snndist.deps import IMPORTS
+
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "snndist"]
 RUN = ["--config", "configs/tutorial.yaml", "--set", "train.steps=20", "--set", "logging.log_every=10", "--local"]
@@ -32,8 +34,6 @@ def bare_python(tmp_path_factory) -> Path:
 
 
 def test_dependency_names_follow_pyproject():
-    from snndist.deps import IMPORTS
-
     pinned = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.match(r"[A-Za-z0-9_.-]+", line).group(0).lower() for line in pinned}
     assert names == set(IMPORTS.values())
@@ -46,7 +46,7 @@ def test_a_python_without_the_dependencies_says_which_in_one_line(bare_python):
     line = result.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
     assert line.startswith(f"snndist: error: the Python running snndist, {bare_python}, cannot import jax "
-                           "(from the jax package) (and 14 more: "), line
+                           f"(from the jax package) (and {len(IMPORTS) - 1} more: "), line
     assert "snndist submit --pip" in line
 
 
@@ -90,7 +90,7 @@ def test_a_job_in_a_python_without_the_dependencies_fails_in_one_line_and_pip_me
     job_id = _submitted(_snndist("submit", "--address", address, *RUN, "--run-dir", str(tmp_path / "bare"),
                                  "--no-wait", env=env))
     reason = (f"snndist: error: the Python running snndist, {bare_python}, cannot import jax (from the jax "
-              "package) (and 14 more: ")
+              f"package) (and {len(IMPORTS) - 1} more: ")
     assert _final_status(address, env, job_id) == "FAILED"
     status = _snndist("status", job_id, "--address", address, env=env)
     lines = status.stdout.splitlines()
