@@ -1,16 +1,26 @@
-"""Test settings: strict promotion, several host devices for sharding tests, one shared Ray instance."""
+"""Test settings: strict promotion, several host devices for sharding tests, a Ray instance per test process."""
 import os
 
-# Must be set before JAX starts: 4 CPU devices in this process (and in Ray
-# workers, which inherit the environment).
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
 import pytest  # noqa: E402
 
+# 4 CPU devices in this process only: a command the tests start gets one, as a user's does, and Ray workers
+# get theirs from cluster.devices_per_worker.
+jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The modules that take minutes (their Ray clusters, sweeps and jobs), slowest first: the two test
+# processes take modules in this order (pyproject's addopts), so that neither ends on a long one alone.
+SLOWEST_FIRST = ("test_distributed", "test_checkpoint", "test_sweep", "test_multinode", "test_fast_paths",
+                 "test_cluster_python", "test_jobs", "test_nir")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(SLOWEST_FIRST)))  # stable: a module's order stays
 
 
 @pytest.fixture
@@ -23,7 +33,7 @@ def strict_dtypes():
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """A local Ray instance of 4 CPUs in this process, shared by every test that drives RayRunner directly."""
+    """A local Ray instance of 4 CPUs in this process, shared by its tests that drive RayRunner directly."""
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
