@@ -74,7 +74,7 @@ def main() -> None:
                             *sum((["--set", s] for s in args.set), [])], capture_output=True, text=True, env=env,
                            check=True)
     results = {"single process, 1 core": json.loads(child.stdout.strip().splitlines()[-1])}
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     try:
         for workers, sync in [(1, "coordinator"), (1, "xla"), (2, "coordinator"), (2, "xla")]:
             cfg = load_config(args.config, [*fixed_batch(args.config, args.set), f"train.workers={workers}", f"train.grad_sync={sync}",

@@ -60,7 +60,7 @@ def main() -> int:
     from snndist.train.local import LocalRunner
 
     fake = os.environ.get("SNNDIST_TEST_ACCELERATORS_ON_CPU") == "1"
-    ray.init(num_cpus=4, **({"num_gpus": int(os.environ.get("GPUS", "2"))} if fake else {}),
+    ray.init(address="local", num_cpus=4, **({"num_gpus": int(os.environ.get("GPUS", "2"))} if fake else {}),
              include_dashboard=False, logging_level="ERROR")
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if not gpus:

@@ -36,6 +36,6 @@ def local_ray():
     """A local Ray instance of 4 CPUs in this process, shared by its tests that drive RayRunner directly."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()

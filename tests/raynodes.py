@@ -99,12 +99,14 @@ class Node:
             pass
 
 
-def start_head(env: dict, num_cpus: int = 2) -> tuple[Node, str]:
-    """A head node; returns it and its temp dir (the caller removes it after ``stop``)."""
+def start_head(env: dict, num_cpus: int = 2, python: Path | None = None) -> tuple[Node, str]:
+    """A head node, its Ray run by ``python`` if given; returns it and its temp dir (the caller removes it
+    after ``stop``)."""
     temp_dir = tempfile.mkdtemp(prefix="snnray-", dir="/tmp")  # short: Ray's socket paths must fit
     ports = dict(zip(HEAD_PORTS + NODE_PORTS, free_ports(len(HEAD_PORTS + NODE_PORTS))))
     args = ["--head", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"]
-    return _start(args, ports, env, num_cpus, Path(temp_dir) / "head.log"), temp_dir
+    wrap = (lambda cmd: [str(python), "-m", "ray.scripts.scripts", *cmd[1:]]) if python else None
+    return _start(args, ports, env, num_cpus, Path(temp_dir) / "head.log", wrap=wrap), temp_dir
 
 
 def start_worker_node(head: Node, env: dict, log: Path, num_cpus: int = 2, resources: str = "{}",

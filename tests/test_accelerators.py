@@ -1,6 +1,7 @@
 """GPU and TPU workers' scheduling on CPU machines: Ray grants the GPU and TPU resources nodes declare, and the
 workers run JAX on the CPU under snndist's test switch (``cluster.ACCELERATORS_ON_CPU``)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,10 @@ runner = RayRunner(cfg, "accelerators", say=lambda line: None)
 try:
     loss = float(runner.step(np.arange(32))["train/loss"])
     r = runner.reservation
-    print("RESULT", json.dumps({"strategy": r.strategy, "accelerator": r.accelerator, "bundle": r.bundle,
-                                "infos": runner.infos, "loss": loss, **extra}))
+    result = {"strategy": r.strategy, "accelerator": r.accelerator, "bundle": r.bundle, "infos": runner.infos,
+              "loss": loss, **extra}
+    with open(os.environ["RESULT_FILE"], "w") as out:
+        json.dump(result, out)
 finally:
     runner.close()
     ray.shutdown()
@@ -31,13 +34,14 @@ finally:
 """
 
 
-def _trained(cluster_and_config: str) -> dict:
-    """What the script with ``cluster_and_config`` printed: the reservation, each worker's info, ``extra``."""
+def _trained(cluster_and_config: str, tmp_path: Path) -> dict:
+    """What the script with ``cluster_and_config`` found: the reservation, each worker's info, ``extra``. It
+    writes them to a file: on stdout, Ray's forwarded worker logs can land in the middle of a line."""
+    result = tmp_path / "result.json"
     done = subprocess.run([sys.executable, "-c", BEFORE + cluster_and_config + AFTER], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-    lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(lines[0].removeprefix("RESULT "))
+                          text=True, timeout=300, env={**os.environ, "RESULT_FILE": str(result)})
+    assert done.returncode == 0 and result.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(result.read_text())
 
 
 # A head of 4 GPUs and a node of 2: room on the head for both workers.
@@ -50,9 +54,9 @@ cfg = load_config("configs/tutorial.yaml", ["train.workers=2", "cluster.devices_
 """
 
 
-def test_gpu_workers_go_one_a_node_with_the_gpus_ray_gave_them():
+def test_gpu_workers_go_one_a_node_with_the_gpus_ray_gave_them(tmp_path):
     """Two workers of 2 GPUs go one a node (STRICT_SPREAD by default), though the head could hold both."""
-    result = _trained(TWO_NODES_OF_TWO_GPUS)
+    result = _trained(TWO_NODES_OF_TWO_GPUS, tmp_path)
     assert (result["accelerator"], result["strategy"]) == ("gpu", "STRICT_SPREAD")  # the default for GPUs
     assert result["bundle"] == {"CPU": 1, "GPU": 2}
     infos = result["infos"]
@@ -89,8 +93,8 @@ cfg = load_config("configs/tutorial.yaml", common + ["train.workers=2", "cluster
 """
 
 
-def test_tpu_workers_take_a_whole_slice_in_tpu_worker_order_and_what_cannot_fit_is_one_line():
-    result = _trained(ONE_SLICE_OF_TWO_HOSTS)
+def test_tpu_workers_take_a_whole_slice_in_tpu_worker_order_and_what_cannot_fit_is_one_line(tmp_path):
+    result = _trained(ONE_SLICE_OF_TWO_HOSTS, tmp_path)
     assert (result["accelerator"], result["strategy"]) == ("tpu", "STRICT_SPREAD")
     assert result["bundle"] == {"CPU": 1, "TPU": 4, "slice-a": 1}
     assert [i["node"] for i in sorted(result["infos"], key=lambda i: i["rank"])] == [result["host"]["0"],

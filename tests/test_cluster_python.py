@@ -11,6 +11,7 @@ import re
 import secrets
 import subprocess
 import sys
+import sysconfig
 import time
 import tomllib
 from pathlib import Path
@@ -28,9 +29,26 @@ RUN = ["--config", "configs/tutorial.yaml", "--set", "train.steps=20", "--set", 
 @pytest.fixture(scope="module")
 def bare_python(tmp_path_factory) -> Path:
     """``python`` with none of snndist's dependencies: a virtual environment of the base interpreter, no pip."""
-    venv = tmp_path_factory.mktemp("bare") / "venv"
-    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    return venv / "bin" / "python"
+    return _venv(tmp_path_factory.mktemp("bare") / "venv")
+
+
+@pytest.fixture(scope="module")
+def ray_python(tmp_path_factory) -> Path:
+    """``python`` of a virtual environment that reaches this one's packages through a site dir. Ray's pip
+    plugin copies the environment Ray runs in for each job: a few files, not this whole environment (GBs)."""
+    venv = tmp_path_factory.mktemp("ray") / "venv"
+    python = _venv(venv)
+    site_packages = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
+    # addsitedir, not a bare path line: this environment's own .pth files (snndist's editable install) count
+    (site_packages / "this_environment.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    return python
+
+
+def _venv(path: Path) -> Path:
+    """A virtual environment of the base interpreter at ``path``, without pip; its ``python``."""
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
+    return path / "bin" / "python"
 
 
 def test_dependency_names_follow_pyproject():
@@ -51,13 +69,14 @@ def test_a_python_without_the_dependencies_says_which_in_one_line(bare_python):
 
 
 @pytest.fixture(scope="module")
-def bare_head(bare_python):
-    """A 2-CPU head run by this environment's Ray, with the bare ``python`` first on its PATH."""
+def bare_head(bare_python, ray_python):
+    """A 2-CPU head run by this environment's Ray (from ``ray_python``), with the bare ``python`` first on its
+    PATH."""
     token = secrets.token_hex(16)
     env = ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     env["PATH"] = os.pathsep.join([str(bare_python.parent), *(p for p in env["PATH"].split(os.pathsep)
                                                               if Path(p) != VENV_BIN)])
-    head, temp_dir = start_head(env)
+    head, temp_dir = start_head(env, python=ray_python)
     try:
         wait_for_jobs_api(head, token)
         yield head.dashboard, ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)

@@ -146,6 +146,27 @@ print(json.dumps({"initialized": ray.is_initialized(), "started": cmdlines,
     assert result == {**result, "initialized": False, "alive": []}, result
 
 
+def test_the_embedded_ray_is_a_new_instance_beside_a_cluster_started_on_the_machine():
+    # `ray start` (here Ray's test cluster) writes its address where a bare ray.init looks first: a run
+    # given no address must start its own instance, not join that cluster (or fail to, as it did).
+    script = """
+import json, ray
+from ray.cluster_utils import Cluster
+from snndist.dist import cluster
+other = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+try:
+    started = cluster.connect(None, 1, 1)
+    print(json.dumps({"started": started, "gcs": ray.get_runtime_context().gcs_address, "other": other.address}))
+    cluster.stop_local_instance()
+finally:
+    other.shutdown()
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["started"] and result["gcs"] != result["other"], result
+
+
 def test_a_worker_killed_for_memory_stops_the_run_at_once(tmp_path):
     # Ray's memory monitor, told that 2% of the machine's memory is too much, kills the worker for real.
     env = {**os.environ, "RAY_memory_usage_threshold": "0.02", "RAY_memory_monitor_refresh_ms": "100"}

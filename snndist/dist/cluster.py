@@ -60,9 +60,10 @@ def connect(address: str | None, workers: int, cpus_per_worker: int) -> bool:
             # Ray says at every start of a local instance that token auth is on: nothing to act on here.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             # The dashboard process (Ray starts it even without the UI) answers on loopback only: an
-            # open Ray dashboard or Jobs API runs anyone's code (CVE-2023-48022).
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, dashboard_host="127.0.0.1",
-                     logging_level="WARNING", _system_config=LOCAL_INSTANCE_CONFIG)
+            # open Ray dashboard or Jobs API runs anyone's code (CVE-2023-48022). "local": without it,
+            # ray.init joins the cluster the last `ray start` here wrote down, if that one still runs.
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                     dashboard_host="127.0.0.1", logging_level="WARNING", _system_config=LOCAL_INSTANCE_CONFIG)
             _reaper = reaper.start(os.getpid())  # the instance ends with this process, even if it is killed
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "
