@@ -12,10 +12,10 @@ import pytest  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# The modules that take minutes (their Ray clusters, sweeps and jobs), slowest first: the two test
-# processes take modules in this order (pyproject's addopts), so that neither ends on a long one alone.
-SLOWEST_FIRST = ("test_distributed", "test_checkpoint", "test_sweep", "test_multinode", "test_fast_paths",
-                 "test_cluster_python", "test_jobs", "test_nir")
+# The modules that take minutes (their Ray clusters, sweeps and jobs), slowest first: the test
+# processes take modules in this order (pyproject's addopts), so that none ends on a long one alone.
+SLOWEST_FIRST = ("test_distributed", "test_checkpoint", "test_multinode", "test_sweep", "test_jobs",
+                 "test_fast_paths", "test_nir", "test_reliability", "test_accelerators", "test_datasets")
 
 
 def pytest_collection_modifyitems(items):
