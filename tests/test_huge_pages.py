@@ -29,7 +29,9 @@ from snndist.huge_pages import restart_with_huge_pages
 restart_with_huge_pages()
 ray.init(address="local", num_cpus=1, include_dashboard=False)
 pid = ray.get(ray.remote(lambda: __import__("os").getpid()).remote())
-print(b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in open(f"/proc/{pid}/environ", "rb").read().split(b"\\0"))
+tunable = b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in open(f"/proc/{pid}/environ", "rb").read().split(b"\\0")
+ray.shutdown()
+print(tunable)  # last: nothing of Ray's can print after it
 """
 
 

@@ -156,10 +156,11 @@ from snndist.dist import cluster
 other = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
 try:
     started = cluster.connect(None, 1, 1)
-    print(json.dumps({"started": started, "gcs": ray.get_runtime_context().gcs_address, "other": other.address}))
+    result = {"started": started, "gcs": ray.get_runtime_context().gcs_address, "other": other.address}
     cluster.stop_local_instance()
 finally:
     other.shutdown()
+print(json.dumps(result))  # last: nothing of Ray's can print after it
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
