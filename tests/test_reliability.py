@@ -124,8 +124,8 @@ def test_the_embedded_ray_goes_when_its_driver_is_killed(tmp_path):
 
 
 def test_the_embedded_ray_runs_workers_at_the_drivers_priority_and_stops_every_process_it_started():
-    # Ray would run its workers at nice 15. Its autoscaler's monitor is stopped ahead of Ray's own order
-    # (after the GCS): nothing may be left.
+    # Ray would run its workers at nice 15, and start an API server and an autoscaler's monitor that a run's
+    # own instance has no use for. Nothing may be left once it stops.
     script = """
 import json, os, psutil, ray
 from snndist.dist import cluster
@@ -142,7 +142,8 @@ print(json.dumps({"initialized": ray.is_initialized(), "started": cmdlines,
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     started = " ".join(result["started"])
-    assert all(name in started for name in ("gcs_server", "raylet", "monitor.py")), started
+    assert all(name in started for name in ("gcs_server", "raylet", "log_monitor.py")), started
+    assert "dashboard/dashboard.py" not in started and "ray/autoscaler/" not in started, started
     assert result == {**result, "initialized": False, "alive": []}, result
 
 
