@@ -108,17 +108,33 @@ def test_offline_run_reads_back(tmp_path):
     assert info["summary"]["wall_time_s"] == 1.5
 
 
-def test_logging_numbers_and_pictures_does_not_import_pandas(tmp_path):
-    # W&B would import pandas at the first log (0.45 s of CPU beside the training loop) to rule out DataFrames.
-    script = ("import sys; sys.path.insert(0, 'tests'); from pathlib import Path; import test_wandb_tracker as t; "
-              "run = t._first_run(Path(sys.argv[1]), []); print(run.run_id, 'pandas' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120,
+def _first_run_in_a_new_process(run_dir: Path, before: str = "") -> tuple[str, list[str]]:
+    """``_first_run`` in a fresh interpreter after ``before``: the run id, and what the script printed after it."""
+    script = (f"import sys; sys.path.insert(0, 'tests'); from pathlib import Path; {before}; "
+              "import test_wandb_tracker as t; run = t._first_run(Path(sys.argv[1]), []); "
+              "print(run.run_id, 'pandas' in sys.modules, 'wandb.apis.public' in sys.modules, *published)")
+    done = subprocess.run([sys.executable, "-c", script, str(run_dir)], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stderr[-2000:]
-    run_id, pandas_imported = done.stdout.split()[-2:]
-    assert pandas_imported == "False"
+    run_id, *printed = done.stdout.splitlines()[-1].split()
+    return run_id, printed
+
+
+def test_logging_numbers_and_pictures_imports_neither_pandas_nor_wandbs_public_api(tmp_path):
+    # W&B would import pandas at the first log (0.45 s of CPU beside the training loop) to rule out DataFrames,
+    # and its public API at its start (0.5 s) to look for W&B Launch inputs that nothing staged.
+    run_id, printed = _first_run_in_a_new_process(tmp_path, "published = []")
+    assert printed == ["False", "False"]
     rows = history(inspect_records(run_files(tmp_path, run_id)[0]))
     assert [step for step, _ in rows] == [10, 20, 30] and "images/rate_hist/hidden0._type" in dict(rows)[20]
+
+
+def test_inputs_a_wandb_launch_job_staged_still_reach_its_run(tmp_path):
+    stage = ("from wandb.sdk.launch.inputs import internal; published = []; publish = internal._publish_job_input; "
+             "internal._publish_job_input = lambda i, run: (published.append(i.include[0]), publish(i, run)); "
+             "internal.handle_run_config_input(include=['train.lr'])")
+    _, printed = _first_run_in_a_new_process(tmp_path, stage)
+    assert printed == ["False", "True", "train.lr"]
 
 
 def test_resume_does_not_relog_steps(tmp_path):

@@ -25,6 +25,26 @@ PROBE_TIMEOUT_S = 3.0  # a server that does not even accept a connection in this
 ONLINE_INIT_TIMEOUT_S = 20.0  # W&B's own default retries for 90 s
 
 
+def _skip_unstaged_launch_inputs() -> None:
+    """``wandb.init`` applies the inputs a W&B Launch job staged in this process; it imports W&B's whole Launch
+    and public API to look (0.5 s of every run's start: W&B's artifact models build their field docs from
+    source). Inputs are staged only through that module, so where it is not imported there are none."""
+    import sys
+
+    from wandb.sdk.wandb_run import Run
+
+    apply = Run._detect_and_apply_job_inputs
+    if getattr(apply, "snndist", False):
+        return
+
+    def apply_if_staged(run) -> None:
+        if "wandb.sdk.launch.inputs.internal" in sys.modules:
+            apply(run)
+
+    apply_if_staged.snndist = True
+    Run._detect_and_apply_job_inputs = apply_if_staged
+
+
 class WandbSettings(NamedTuple):
     mode: str
     project: str
@@ -75,6 +95,7 @@ def start_wandb(cfg: WandbConfig, run_dir: Path, config: Mapping[str, Any], *, r
     # W&B checks each logged value against pandas' DataFrame, and so imports pandas at the first log (0.45 s
     # of CPU, mid-run, beside the training loop). Told pandas is absent, it checks the value's type name.
     wandb.util.pd_available = False
+    _skip_unstaged_launch_inputs()
     os.environ.setdefault("WANDB_SILENT", "true")  # W&B's own notices, e.g. its login line, stay off stderr
     settings = resolve_settings(cfg, default_name=default_name)
     if settings.mode == "disabled":
