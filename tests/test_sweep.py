@@ -117,6 +117,11 @@ def test_asha_stops_trials_early_and_failing_trials_are_reported(stopped_and_res
         assert any(line.split()[:3] == [r["id"], "stopped", "early"] and f"{r['step']}/400" in line
                    for line in out.splitlines()), out
     assert f"{failed[0]['id']} failed: RunFailed" in out
+    # Each failed trial's line says why as it fails, and Tune prints no traceback of its own for it.
+    printed = stopped_and_resumed["first_out"] + out + stopped_and_resumed["second"].stderr
+    for r in failed:
+        assert f"trial {r['id']} failed: RunFailed: 2 steps in a row had a non-finite loss" in printed, printed
+    assert "Traceback" not in printed, printed
     assert (stopped_and_resumed["sweep_dir"] / "plots" / "sweep.png").stat().st_size > 10_000
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -36,6 +37,10 @@ def run(sweep: Sweep, base: Config, sweep_dir: Path, *, resume: bool, say: Calla
     progress = Progress(sweep, sweep_dir)
     # Its complaint about trials that never reported (not started yet): the table says so.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # Tune's own output (boxes, a TensorBoard hint, each failed trial's whole traceback) beside the lines
+    # `Progress` prints: what a failed trial died of is in its line, its run directory and the final table.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's older output, which verbose=0 silences
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     if resume:
         say(f"resuming the sweep in {sweep_dir}")
         tuner = tune.Tuner.restore(str(sweep_dir), runnable, resume_unfinished=True, resume_errored=False,
@@ -97,7 +102,7 @@ class Progress(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         row = self._write(trials, ended=(trial, "ERROR"))[trial.trial_id]
         at = f" after step {row.step}" if row.step is not None else ""
-        print(f"trial {trial.trial_id} failed{at}; the sweep goes on", flush=True)
+        print(f"trial {trial.trial_id} failed{at}: {row.error}; the sweep goes on", flush=True)
 
     def write_saved(self) -> list[TrialRow]:
         """The trials as Tune saved them last, what a resume starts from (at the end of an interrupted sweep
@@ -121,13 +126,21 @@ class Progress(tune.Callback):
         if status == "done" and (step is None or step < steps):
             status = "stopped early"
         return TrialRow(trial.trial_id, status, dict(trial.config), step, steps,
-                        result.get(self.sweep.metric), _reason(trial.get_error()) if status == "error" else None,
+                        result.get(self.sweep.metric), _reason(_error_text(trial)) if status == "error" else None,
                         str(trial_dir(self.sweep_dir, trial.trial_id)),
                         {k: v for k, v in result.items() if k.startswith(("train/", "eval/"))})
 
 
 def _params(params: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _error_text(trial) -> str | None:
+    """The trial's error as Tune wrote it: on this machine first (at once), else in the sweep directory (where
+    Tune copies it later, and where a resumed sweep finds it)."""
+    if trial.error_file and os.path.exists(trial.error_file):
+        return Path(trial.error_file).read_text()
+    return trial.get_error()
 
 
 def _reason(error: str | None) -> str:
