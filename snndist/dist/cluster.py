@@ -78,7 +78,7 @@ def _without_api_server_and_monitor():
     """While it is entered, a new Ray instance starts neither its API server nor its autoscaler's monitor.
 
     The instance ``connect`` starts serves one run of this process: no job is submitted to it, nothing reads
-    its state API, it has nothing to autoscale. Ray has no switch for either process (``include_dashboard=False``
+    its state API, it has nothing to autoscale. ``ray.init`` has no switch for either (``include_dashboard=False``
     still starts the API server, and ray.init waits until it answers); without them the Ray path's whole
     process is 1.5 s shorter on 2 cores (ray.init 4.1-4.6 -> 3.0-3.1 s, and their CPU time no longer competes
     with the driver's start).
