@@ -133,7 +133,7 @@ assert cluster.connect(None, 1, 1)
 assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)  # a worker process too
 started = [p for p in psutil.Process().children(recursive=True) if "snndist.dist.reaper" not in p.cmdline()]
 cmdlines = [" ".join(p.cmdline()) for p in started]
-cluster.stop_local_instance()
+ray.shutdown()
 _, alive = psutil.wait_procs(started, timeout=20)
 print(json.dumps({"initialized": ray.is_initialized(), "started": cmdlines,
                   "alive": [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]}))
@@ -158,7 +158,7 @@ other = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
 try:
     started = cluster.connect(None, 1, 1)
     result = {"started": started, "gcs": ray.get_runtime_context().gcs_address, "other": other.address}
-    cluster.stop_local_instance()
+    ray.shutdown()
 finally:
     other.shutdown()
 print(json.dumps(result))  # last: nothing of Ray's can print after it

@@ -61,11 +61,11 @@ def connect(address: str | None, workers: int, cpus_per_worker: int) -> bool:
             # Ray says at every start of a local instance that token auth is on: nothing to act on here.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             # "local": without it, ray.init joins the cluster the last `ray start` here wrote down, if that
-            # one still runs. No dashboard or Jobs API is started (below); were one, it would answer on
-            # loopback only: an open one runs anyone's code (CVE-2023-48022).
+            # one still runs. No dashboard, so no Jobs API either: an open one runs anyone's code
+            # (CVE-2023-48022).
             with _without_api_server_and_monitor():
-                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                         dashboard_host="127.0.0.1", logging_level="WARNING", _system_config=LOCAL_INSTANCE_CONFIG)
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
+                         _system_config=LOCAL_INSTANCE_CONFIG)
             _reaper = reaper.start(os.getpid())  # the instance ends with this process, even if it is killed
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "
@@ -92,11 +92,6 @@ def _without_api_server_and_monitor():
         yield
     finally:
         Node.start_api_server, Node.start_monitor = start_api_server, start_monitor
-
-
-def stop_local_instance() -> None:
-    """Stop the instance ``connect`` started (nothing if none is up)."""
-    ray.shutdown()
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:

@@ -283,7 +283,7 @@ class RayRunner:
         """Leave the jax.distributed group, end the actors, free the resources; bounded in time."""
         self._stop_workers()
         if self.started_ray:
-            cluster.stop_local_instance()
+            ray.shutdown()
 
     def _stop_workers(self) -> None:
         # After a failure the others may be stuck in a collective (a peer died or hung) and would never

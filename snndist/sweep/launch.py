@@ -39,6 +39,8 @@ def status(sweep_dir: Path, say: Callable[[str], None] = print) -> None:
 
 
 def _run(spec: Sweep, base: Config, sweep_dir: Path, *, resume: bool, say) -> int:
+    import ray
+
     from snndist.dist import cluster
     from snndist.sweep.tuner import run
 
@@ -47,7 +49,7 @@ def _run(spec: Sweep, base: Config, sweep_dir: Path, *, resume: bool, say) -> in
         run(spec, base, sweep_dir, resume=resume, say=say)
     finally:
         if started:
-            cluster.stop_local_instance()
+            ray.shutdown()
     rows, samples = report(spec, base, sweep_dir, say)
     unfinished = [r for r in rows if r.status in ("pending", "running")]
     if unfinished or len(rows) < samples:
