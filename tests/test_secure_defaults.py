@@ -37,6 +37,8 @@ def _ip(hex_address: str) -> str:
 
 
 def test_the_local_ray_instance_of_train_starts_no_dashboard_and_no_jobs_api():
+    # Neither the dashboard's Jobs API (8265) nor its node agent's (52365, on the node's address), which
+    # Ray's token alone guarded.
     # What `snndist train` does without an address: cluster.connect(None, ...) starts the local instance.
     code = ("import sys; from snndist.dist import cluster; cluster.connect(None, 1, 1); print('up', flush=True); "
             "sys.stdin.read()")
@@ -48,10 +50,11 @@ def test_the_local_ray_instance_of_train_starts_no_dashboard_and_no_jobs_api():
         assert any("raylet" in cmdline for cmdline in started.values()), started
         # The UI and the Jobs API are the dashboard process's (an open Jobs API runs anyone's code).
         assert [p for p, cmdline in started.items() if "ray/dashboard/dashboard.py" in cmdline] == [], started
-        from ray._private.ray_constants import DEFAULT_DASHBOARD_PORT
+        from ray._private.ray_constants import DEFAULT_DASHBOARD_AGENT_LISTEN_PORT, DEFAULT_DASHBOARD_PORT
 
         listeners = [(p, address, port) for p in started for address, port in _listening(p)]
-        assert listeners and [x for x in listeners if x[2] == DEFAULT_DASHBOARD_PORT] == [], listeners
+        jobs_apis = (DEFAULT_DASHBOARD_PORT, DEFAULT_DASHBOARD_AGENT_LISTEN_PORT)
+        assert listeners and [x for x in listeners if x[2] in jobs_apis] == [], listeners
     finally:
         proc.communicate("", timeout=60)
     assert proc.returncode == 0, proc.stderr
