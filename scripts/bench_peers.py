@@ -20,7 +20,8 @@ weights and spikes; its losses at step 0 and after two updates are printed
 next to snndist's, with what could not be made identical. Each step
 (forward, BPTT, Adam) is timed with its batch already on the device and
 waited for. The libraries take turns in rounds, a block of ``--steps`` steps
-each (cut short after ``--block-s`` seconds), because a machine's speed
+each (cut short after ``--block-s`` seconds), each round starting with the
+next library, because a machine's speed
 drifts by tens of percent within minutes; the ratios within one run are the
 figures to read. The dense-matmul floor is
 the step's matrix-product FLOPs (``snndist.model.flops``) at the float32
@@ -474,7 +475,7 @@ class Timing(NamedTuple):
 def run_rounds(contenders: list[Contender], rounds: int, steps: int, block_s: float,
                warmup: int = WARMUP) -> Timing:
     """The first step of each (compiles), ``warmup`` more, then ``rounds`` rounds: a block of timed steps
-    for each contender in turn, and the matmul rate once."""
+    for each contender in turn, each round starting one further along, and the matmul rate once."""
     losses, compile_s = {}, {}
     for c in contenders:
         began = time.perf_counter()
@@ -484,7 +485,9 @@ def run_rounds(contenders: list[Contender], rounds: int, steps: int, block_s: fl
     ms = {c.label: [] for c in contenders}
     rates = []
     for r in range(rounds):
-        for c in contenders:
+        # Each round starts with the next library: the first block after the compiles ran slower (snndist's,
+        # first every round: 207-332 ms where its later rounds took 184-214).
+        for c in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
             ms[c.label].append(time_block(c.step, steps, block_s))
         rates.append(matmul_rate())
         say(f"  round {r + 1}/{rounds}: " + ", ".join(f"{label} {statistics.median(b[-1]):.1f}"
