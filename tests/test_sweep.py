@@ -184,6 +184,40 @@ def test_trials_of_two_workers_each_run_them_in_the_trials_own_placement_group(l
     assert len(groups) == 2 and all(len(g["bundles"]) == 2 for g in groups.values()), groups
 
 
+@pytest.mark.parametrize("end_at_sigterm", [False, True])
+def test_a_closed_trials_process_ends_at_sigterm_without_a_traceback(local_ray, end_at_sigterm):
+    import ray
+
+    @ray.remote
+    class ClosedTrial:  # defined here, so that Ray sends the class itself: workers cannot import this module
+        """A trial's process whose run has closed, with an exit hook that fails as W&B's did once its
+        service was gone."""
+
+        def close(self, end_at_sigterm: bool) -> int:
+            import atexit
+
+            def exit_hook():
+                raise ConnectionResetError("Connection lost")
+
+            atexit.register(exit_hook)
+            if end_at_sigterm:
+                from snndist.sweep.trial import _end_at_sigterm
+
+                _end_at_sigterm()
+            return os.getpid()
+
+    pid = ray.get(ClosedTrial.remote().close.remote(end_at_sigterm))
+    os.kill(pid, signal.SIGTERM)  # as Tune ending the actor, or the sweep's ray.shutdown, sends it
+    for _ in range(300):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.1)
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    stderr = "".join(p.read_text() for p in logs.glob(f"worker-*-{pid}.err"))
+    # Without it (the check that this test can fail), Ray's own handler's SystemExit runs the exit hook.
+    assert ("Traceback" in stderr) is not end_at_sigterm, stderr
+
+
 def test_the_tutorial_sweep_file_reads():
     sweep = read_sweep(REPO / "configs" / "sweep_tutorial.yaml", load_config(REPO / "configs" / "tutorial.yaml"))
     assert sweep.num_samples == 8 and sweep.scheduler.max_t == 400

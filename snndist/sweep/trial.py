@@ -7,6 +7,8 @@ restarting it) continues its run directory from its newest checkpoint.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 
 # Imported where Ray unpickles the trial function, on the trial process's main thread: the trial itself
@@ -84,6 +86,20 @@ def trainable(sweep_dir: str, sets: tuple[str, ...], group: str, metric: str) ->
             try:
                 super().cleanup()
             finally:
-                _closed().wait(CLOSE_TIMEOUT_S)
+                if _closed().wait(CLOSE_TIMEOUT_S):
+                    _end_at_sigterm()
 
     return Trial
+
+
+def _end_at_sigterm() -> None:
+    """A SIGTERM now ends the process at once: its run has closed, and nothing is left to save. Ray's own
+    handler raises SystemExit wherever the process happens to be, a finalizer or W&B's exit hook among
+    them, whose tracebacks then came out beside the sweep's lines (Tune ending a trial's actor, the sweep
+    leaving Ray). Called on the actor's main thread, the only one that may set a handler."""
+    def end(signum, frame):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, end)
