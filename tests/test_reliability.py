@@ -124,8 +124,9 @@ def test_the_embedded_ray_goes_when_its_driver_is_killed(tmp_path):
 
 
 def test_the_embedded_ray_runs_workers_at_the_drivers_priority_and_stops_every_process_it_started():
-    # Ray would run its workers at nice 15, and start an API server and an autoscaler's monitor that a run's
-    # own instance has no use for. Nothing may be left once it stops.
+    # Ray would run its workers at nice 15, and start an API server, an autoscaler's monitor and a
+    # dashboard agent that a run's own instance has no use for (snndist's node agent stands in for the
+    # last). Nothing may be left once it stops.
     script = """
 import json, os, psutil, ray
 from snndist.dist import cluster
@@ -142,9 +143,33 @@ print(json.dumps({"initialized": ray.is_initialized(), "started": cmdlines,
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     started = " ".join(result["started"])
-    assert all(name in started for name in ("gcs_server", "raylet", "log_monitor.py")), started
-    assert "dashboard/dashboard.py" not in started and "ray/autoscaler/" not in started, started
+    assert all(name in started for name in ("gcs_server", "raylet", "log_monitor.py", "snndist/dist/node_agent.py",
+                                            "ray::RuntimeEnvAgent")), started
+    assert all(name not in started for name in ("dashboard/dashboard.py", "ray/autoscaler/", "DashboardAgent")), \
+        started
     assert result == {**result, "initialized": False, "alive": []}, result
+
+
+def test_the_node_agent_says_at_once_that_it_serves_nothing_as_ray_reads_it_and_ends_with_its_raylet(tmp_path):
+    from ray._raylet import (DASHBOARD_AGENT_LISTEN_PORT_NAME, METRICS_AGENT_PORT_NAME, METRICS_EXPORT_PORT_NAME,
+                             wait_for_persisted_port)
+
+    from snndist.dist import node_agent
+
+    node_id = "ab" * 28
+    # A shell stands in for the raylet, its parent, and exits; Ray's arguments go with the two it reads.
+    raylet = subprocess.Popen(["sh", "-c", f'"{sys.executable}" -u "{node_agent.__file__}" ray/dashboard/agent.py '
+                               f"--node-id={node_id} --node-ip-address=127.0.0.1 --session-dir={tmp_path} "
+                               "--minimal --head & echo $!; sleep 2"], stdout=subprocess.PIPE, text=True)
+    agent = int(raylet.stdout.readline())
+    for name in (METRICS_AGENT_PORT_NAME, METRICS_EXPORT_PORT_NAME, DASHBOARD_AGENT_LISTEN_PORT_NAME):
+        assert wait_for_persisted_port(str(tmp_path), node_id, name, timeout_ms=10_000) == -1  # Ray's "not in use"
+    assert Path(f"/proc/{agent}").exists()  # as long as its raylet lives: a raylet ends when its agent does
+    raylet.wait(timeout=10)
+    deadline = time.monotonic() + 10 * node_agent.POLL_S
+    while Path(f"/proc/{agent}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{agent}").exists() or "Z" in Path(f"/proc/{agent}/stat").read_text().split()[2]
 
 
 def test_the_embedded_ray_is_a_new_instance_beside_a_cluster_started_on_the_machine():

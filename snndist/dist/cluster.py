@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from typing import Callable, NamedTuple
 
@@ -14,7 +15,7 @@ from ray.autoscaler.sdk import request_resources
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
 from snndist.config import TPU_CHIPS_PER_WORKER, ClusterConfig, TrainConfig
-from snndist.dist import reaper
+from snndist.dist import node_agent, reaper
 from snndist.errors import ClusterError, one_line
 
 _reaper = None  # the watcher of the local instance this process started, if it started one
@@ -75,31 +76,40 @@ def connect(address: str | None, workers: int, cpus_per_worker: int) -> bool:
 
 @contextlib.contextmanager
 def _lean_local_instance():
-    """While it is entered, a new Ray instance starts neither its API server nor its autoscaler's monitor, and
-    its node agent starts minimal: no HTTP server (a dashboard's way to hand it jobs), no metrics endpoint.
+    """While it is entered, a new Ray instance starts neither its API server nor its autoscaler's monitor,
+    and its node agent is ``node_agent``, which serves nothing.
 
     The instance ``connect`` starts serves one run of this process: no job is submitted to it, nothing reads
     its state API or scrapes its metrics, it has nothing to autoscale. ``ray.init`` has no switch for any of
     these (``include_dashboard=False`` still starts the API server, and ray.init waits until it answers).
-    Without the first two the Ray path's whole process is 1.5 s shorter on 2 cores (ray.init 4.1-4.6 ->
-    3.0-3.1 s, and their CPU time no longer competes with the driver's start). Ray makes the agent minimal
-    where the dashboard's packages are missing, which it finds out by importing them (aiohttp and more,
-    0.25 s of ray.init, before the raylet starts); saying they are missing skips that import too:
-    ray.init 2.94-3.11 -> 2.75-2.87 s.
+    On 2 cores, without the API server and the monitor ray.init took 3.0-3.1 s instead of 4.1-4.6, and
+    with ``node_agent`` for Ray's dashboard agent (whose modules the raylet waited for) 1.9 s. Ray's agent
+    also served job submissions on the node's address (behind Ray's token alone); nothing listens there
+    now. Which agent to start Ray decides by importing the dashboard's packages (aiohttp and more, 0.25 s
+    before the raylet starts); told they are missing, it skips that import.
     """
-    from ray._private import utils  # Ray's own module and class; no public hook for this
+    from ray._private import ray_constants, services, utils  # Ray's own; it has no public hook for these
     from ray._private.node import Node
 
     start_api_server, start_monitor = Node.start_api_server, Node.start_monitor
     dependency_error = utils.get_dashboard_dependency_error
+    python_command = services._build_python_executable_command_memory_profileable
+
+    def agent_command(component: str, session_dir: str, unbuffered: bool = True) -> list[str]:
+        if component == ray_constants.PROCESS_TYPE_DASHBOARD_AGENT:  # Ray's agent arguments follow
+            return [sys.executable, "-u", node_agent.__file__]
+        return python_command(component, session_dir, unbuffered)
+
     Node.start_api_server = lambda self, **kwargs: None
     Node.start_monitor = lambda self: None
-    utils.get_dashboard_dependency_error = lambda: ImportError("no metrics endpoint for a run's own instance")
+    utils.get_dashboard_dependency_error = lambda: ImportError("a run's own instance needs no dashboard")
+    services._build_python_executable_command_memory_profileable = agent_command
     try:
         yield
     finally:
         Node.start_api_server, Node.start_monitor = start_api_server, start_monitor
         utils.get_dashboard_dependency_error = dependency_error
+        services._build_python_executable_command_memory_profileable = python_command
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:

@@ -1,9 +1,10 @@
 """Ends what is left of the embedded Ray instance once its driver is gone, however it went.
 
 Ray ties its head processes (GCS, raylet) to the driver that started them,
-but when that driver is killed (SIGKILL, out of memory), the raylet's agents
-(DashboardAgent, RuntimeEnvAgent) outlive it for good: on seeing the raylet
-die they report to the GCS, which is gone too, and wait on it. So a driver
+but when that driver is killed (SIGKILL, out of memory), the raylet's
+RuntimeEnvAgent (and Ray's DashboardAgent, where it runs) outlives it for
+good: on seeing the raylet die it reports to the GCS, which is gone too, and
+waits on it. So a driver
 that starts a local instance also starts this watcher, in a session of its
 own, holding a pipe from the driver: it keeps a list of every process the
 driver started (and those started by them); when the pipe closes (the driver
